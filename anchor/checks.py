@@ -1,0 +1,31 @@
+"""Input validation shared by every attention entry point."""
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """Validate ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]``; return ``(B, Hq, Hkv, Lq, Lk, D)``.
+
+    Raises ``ValueError`` with the offending shapes on any mismatch.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected 4-D [B, H, N, D] tensors, got q{tuple(q.shape)} k{tuple(k.shape)} "
+                         f"v{tuple(v.shape)}")
+    B, Hq, Lq, D = q.shape
+    Bk, Hkv, Lk, Dk = k.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k{tuple(k.shape)} and v{tuple(v.shape)} must have the same shape")
+    if Bk != B or Dk != D:
+        raise ValueError(f"batch/head_dim mismatch: q{tuple(q.shape)} vs k{tuple(k.shape)}")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
+    if Lq > Lk:
+        raise ValueError(f"more queries ({Lq}) than keys ({Lk}): queries must be the last Lq positions")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"dtypes must match and be fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError(f"q, k, v on different devices: {q.device}, {k.device}, {v.device}")
+    return B, Hq, Hkv, Lq, Lk, D
