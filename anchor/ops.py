@@ -1,0 +1,245 @@
+"""Public AnchorAttention operators: input checks, allocation, launches, statistics.
+
+``anchor_attention`` runs the three Triton stages on CUDA (or on CPU tensors under
+``TRITON_INTERPRET=1``) and the PyTorch reference otherwise. The stage functions are public so
+benchmarks can time them one by one.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from anchor.checks import check_qkv
+from anchor.kernels.select import _anchor_compact_kernel, _anchor_score_kernel
+from anchor.kernels.sparse_fwd import _sparse_fwd_kernel
+from anchor.kernels.stage1 import _anchor_stage1_kernel
+from anchor.params import AnchorParams
+from anchor.reference import LOG2E, anchor_attention_reference, anchor_pair_counts
+from anchor.sparse_index import SparseIndex, index_from_counts
+from anchor.stats import AttentionStats, causal_pair_count
+
+GATHER = 64          # keys gathered per step of the sparse kernel
+COMPACT_CHUNK = 16   # tiles expanded per step of the compaction kernel
+
+
+def triton_available(x: torch.Tensor) -> bool:
+    """True if the Triton kernels can run on ``x`` (CUDA, or CPU under the interpreter)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _launch_opts(x: torch.Tensor, head_dim: int) -> dict:
+    """num_warps / num_stages for attention-like kernels (ignored by the interpreter)."""
+    if not x.is_cuda:
+        return {}
+    return {"num_warps": 8 if head_dim >= 128 else 4, "num_stages": 2}
+
+
+@dataclass
+class Stage1Result:
+    """Output of stage 1.
+
+    Attributes:
+        out: ``[B, Hq, N, D]`` attention over the initial + local regions, normalised (stage 3
+            resumes from it in place).
+        lse: fp32 ``[B, Hq, N]`` log2-sum-exp2 of the stage-1 scores (log2 units).
+        qbar: ``[B, Hq, n_blocks, D]`` pooled queries, rounded to the input dtype.
+        abar: fp32 ``[B, Hq, n_blocks]`` pooled anchors (mean row max, log2 units).
+    """
+
+    out: torch.Tensor
+    lse: torch.Tensor
+    qbar: torch.Tensor
+    abar: torch.Tensor
+
+
+@dataclass
+class Selection:
+    """Output of stage 2: the bitmask, per-tile counts and the compacted index.
+
+    Attributes:
+        bits: int32 ``[B, Hq, n_groups, words]`` one bit per (group, key), ``min(32, block)`` keys
+            per word; only candidate words are meaningful.
+        counts: int32 ``[B, Hq, n_groups, n_tiles]`` selected keys per (group, key tile).
+        index: the ``SparseIndex`` (one list per group) consumed by stage 3.
+    """
+
+    bits: torch.Tensor
+    counts: torch.Tensor
+    index: SparseIndex
+
+
+def _word_bits(tile: int) -> int:
+    """Keys per int32 word of the selection bitmask."""
+    return min(32, tile)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams) -> Stage1Result:
+    """Stage 1: online softmax over initial + local regions, pooled queries and anchors."""
+    B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
+    bs = params.block_size
+    n_blocks = math.ceil(N / bs)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
+    qbar = torch.empty(B, Hq, n_blocks, D, dtype=q.dtype, device=q.device)
+    abar = torch.empty(B, Hq, n_blocks, dtype=torch.float32, device=q.device)
+    block_n = 64 if (q.is_cuda and D >= 128) else bs
+    _anchor_stage1_kernel[(n_blocks, B * Hq)](
+        q, k, v, out, lse, qbar, abar,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        qbar.stride(0), qbar.stride(1), qbar.stride(2),
+        abar.stride(0), abar.stride(1),
+        Hq, N, params.scale(D) * LOG2E,
+        GQA=Hq // Hkv, GROUP=params.group, INIT=params.init, LOCAL=params.local,
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=bs, BLOCK_N=min(block_n, bs),
+        **_launch_opts(q, D))
+    return Stage1Result(out=out, lse=lse, qbar=qbar, abar=abar)
+
+
+def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: AnchorParams) -> Selection:
+    """Stage 2: per-group stripe selection against the pooled anchors, compacted into an index."""
+    B, Hq, Hkv, _, N, D = check_qkv(q, k, k)
+    gqa, tile, G = Hq // Hkv, params.block_size, params.group
+    n_groups, n_blocks = math.ceil(N / G), math.ceil(N / tile)
+    n_tiles = math.ceil(N / tile)
+    bits = torch.zeros(B, Hq, n_groups, n_tiles * tile // _word_bits(tile), dtype=torch.int32, device=q.device)
+    counts = torch.zeros(B, Hq, n_groups, n_tiles, dtype=torch.int32, device=q.device)
+    score_tiles = params.local_start(n_groups - 1) // tile        # tiles below the last group's window
+    if score_tiles > params.init // tile:
+        step_p = _next_pow2(params.step)
+        heads = min(_next_pow2(gqa), max(1, 64 // step_p))
+        step_p = max(step_p, 16 // heads)
+        chunks = math.ceil(gqa / heads)
+        _anchor_score_kernel[(score_tiles, B * Hkv * chunks)](
+            k, s1.qbar, s1.abar, bits, counts,
+            k.stride(0), k.stride(1), k.stride(2),
+            s1.qbar.stride(0), s1.qbar.stride(1), s1.qbar.stride(2),
+            s1.abar.stride(0), s1.abar.stride(1),
+            bits.stride(0), bits.stride(1), bits.stride(2),
+            counts.stride(0), counts.stride(1), counts.stride(2),
+            Hkv, chunks, n_groups, n_blocks, params.scale(D) * LOG2E, params.theta * LOG2E,
+            GQA=gqa, HEADS=heads, STEP=params.step, STEP_P=step_p,
+            GROUP=G, INIT=params.init, LOCAL=params.local,
+            HEAD_DIM=D, BLOCK_D=_next_pow2(D), TILE=tile, BITS=_word_bits(tile),
+            **_launch_opts(q, D))
+    full = counts == tile
+    index = index_from_counts(full.sum(-1, dtype=torch.int32),
+                              torch.where(full, 0, counts).sum(-1, dtype=torch.int32), tile, G)
+    if index.full_ids.numel() + index.col_ids.numel() > 0:
+        _anchor_compact_kernel[(n_groups, B * Hq)](
+            bits, index.full_off, index.col_off, index.full_ids, index.col_ids,
+            bits.stride(0), bits.stride(1), bits.stride(2),
+            Hq, n_groups,
+            GROUP=G, INIT=params.init, LOCAL=params.local, TILE=tile, BITS=_word_bits(tile),
+            CHUNK=COMPACT_CHUNK)
+    return Selection(bits=bits, counts=counts, index=index)
+
+
+def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, resume: bool, causal: bool):
+    B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
+    block_m = min(128, index.rows_per_list)
+    if index.rows_per_list % block_m:
+        raise ValueError(f"rows_per_list={index.rows_per_list} must be a multiple of {block_m}")
+    _sparse_fwd_kernel[(math.ceil(Lq / block_m), B * Hq)](
+        q, k, v, out, lse,
+        index.full_off, index.full_cnt, index.full_ids, index.col_off, index.col_cnt, index.col_ids,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        Hq, Lq, index.n_lists, Lk - Lq, sm_scale * LOG2E,
+        GQA=Hq // Hkv, ROWS_PER_LIST=index.rows_per_list, RESUME=int(resume), CAUSAL=causal,
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile, GATHER=GATHER,
+        **_launch_opts(q, D))
+
+
+def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Result, sel: Selection,
+               params: AnchorParams) -> torch.Tensor:
+    """Stage 3: fold each group's selected keys into the stage-1 state; returns ``s1.out`` (in place)."""
+    _launch_sparse(q, k, v, s1.out, s1.lse, sel.index, params.scale(q.shape[-1]), resume=True, causal=False)
+    return s1.out
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
+                     sm_scale: float | None = None, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of each row list over its index keys (Triton). Used by the block/column baselines.
+
+    Args:
+        q: ``[B, Hq, Lq, D]``; k, v: ``[B, Hkv, Lk, D]``; queries are the last ``Lq`` positions.
+        index: one list per ``index.rows_per_list`` query rows.
+        causal: mask keys after each query's position (needed when lists reach the diagonal).
+
+    Returns:
+        ``(out [B, Hq, Lq, D], lse [B, Hq, Lq] fp32 in log2 units)``; rows with no key give zeros.
+    """
+    check_qkv(q, k, v)
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
+    _launch_sparse(q, k, v, out, lse, index, scale, resume=False, causal=causal)
+    return out, lse
+
+
+def selection_key_mask(sel: Selection, n_keys: int) -> torch.Tensor:
+    """bool ``[B, Hq, n_groups, n_keys]``: keys selected for each group (from the bitmask)."""
+    word_bits = _word_bits(sel.index.tile)
+    shifts = torch.arange(word_bits, device=sel.bits.device, dtype=torch.int32)
+    bits = (sel.bits[..., None] >> shifts) & 1                          # [B, H, nG, words, bits]
+    return bits.flatten(-2)[..., :n_keys].bool()
+
+
+def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams, *,
+                     backend: str = "auto") -> tuple[torch.Tensor, AttentionStats]:
+    """AnchorAttention prefill: causal attention over the initial tokens, the local window and the
+    keys each group of ``block_size * step`` queries selects against its pooled anchor.
+
+    Args:
+        q: ``[B, Hq, N, D]``; k, v: ``[B, Hkv, N, D]`` (GQA: query head ``h`` uses KV head
+            ``h // (Hq // Hkv)``; K/V are never repeated). fp16/bf16 (fp32 for the CPU
+            interpreter). Any ``N``; ``D`` any size up to 256 (padded to a power of two inside).
+        params: hyperparameters (``conf/method/anchor.yaml`` holds the defaults).
+        backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (Triton when available).
+
+    Returns:
+        ``(out [B, Hq, N, D], AttentionStats)``. Stats stages: ``anchor`` (initial + local
+        pairs), ``select`` (pooled rows x candidate keys), ``sparse`` (group rows x selected keys).
+
+    Extra memory (Triton path) beyond the output: fp32 log-sum-exp ``B*Hq*N``; pooled queries
+    ``B*Hq*(N/block)*D`` and anchors; a bitmask of ``B*Hq*ceil(N/G)*N/32`` int32 words
+    (1/32 of the authors' coordinate array); per-tile counts ``B*Hq*ceil(N/G)*N/block`` int32;
+    and the index itself, 4 bytes per selected key outside whole tiles plus 4 bytes per whole tile.
+    The stage-1 partial output is kept normalised in the output buffer (in q's dtype), so bf16
+    inputs see one extra bf16 rounding of that partial result.
+    """
+    B, Hq, Hkv, Lq, N, D = check_qkv(q, k, v)
+    if Lq != N:
+        raise ValueError(f"anchor_attention is a full prefill (Lq == Lk); got Lq={Lq}, Lk={N}")
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
+    if backend == "torch" or (backend == "auto" and not triton_available(q)):
+        return anchor_attention_reference(q, k, v, params)
+    if not triton_available(q):
+        raise RuntimeError("Triton backend needs CUDA tensors or TRITON_INTERPRET=1")
+    if D > 256:
+        raise ValueError(f"head_dim {D} > 256 is not supported")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    s1 = run_stage1(q, k, v, params)
+    sel = run_selection(q, k, s1, params)
+    out = run_sparse(q, k, v, s1, sel, params)
+    counts = anchor_pair_counts(params, N, sel.index.keys_per_list())
+    return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
+
+
+__all__ = ["anchor_attention", "run_stage1", "run_selection", "run_sparse", "sparse_attention",
+           "selection_key_mask", "Stage1Result", "Selection", "triton_available"]

@@ -1,0 +1,171 @@
+"""Plain PyTorch references: the definition of every kernel's function, and the CPU path.
+
+All functions take ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]`` (query head ``h`` reads KV head
+``h // (Hq // Hkv)``), compute in fp32 and work query-chunk by query-chunk, so memory stays at
+``O(chunk * N)`` per head and they run on any device, including a GPU at 128k tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from anchor.checks import check_qkv
+from anchor.params import AnchorParams
+from anchor.stats import AttentionStats, causal_pair_count
+
+LOG2E = 1.4426950408889634
+
+
+def dense_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              sm_scale: float | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Exact causal attention in fp32 (bottom-right aligned when ``Lq < Lk``); output in q's dtype."""
+    B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
+    scale = sm_scale if sm_scale is not None else D ** -0.5
+    rep = Hq // Hkv
+    out = torch.empty_like(q)
+    keys = torch.arange(Lk, device=q.device)
+    for h in range(Hq):
+        kf, vf = k[:, h // rep].float(), v[:, h // rep].float()          # [B, Lk, D]
+        for s in range(0, Lq, chunk):
+            qf = q[:, h, s:s + chunk].float()                            # [B, c, D]
+            rows = torch.arange(s, s + qf.shape[1], device=q.device) + (Lk - Lq)
+            scores = torch.einsum("bid,bjd->bij", qf, kf) * scale        # [B, c, Lk]
+            scores.masked_fill_(keys[None, None, :] > rows[None, :, None], float("-inf"))
+            out[:, h, s:s + chunk] = (scores.softmax(-1) @ vf).to(q.dtype)
+    return out
+
+
+@dataclass
+class AnchorSelection:
+    """What the anchor selection decided, for inspection and recall studies.
+
+    Attributes:
+        keys: bool ``[B, Hq, n_groups, N]``: key ``j`` selected for group ``g`` (only candidates
+            ``[init, L_g)`` can be set).
+        anchor: fp32 ``[B, Hq, N]``: row max of the scaled logits over the initial + local regions
+            (natural-log units), i.e. the anchor of every query.
+        pooled_anchor: fp32 ``[B, Hq, n_blocks]``: mean anchor of each query block.
+    """
+
+    keys: torch.Tensor
+    anchor: torch.Tensor
+    pooled_anchor: torch.Tensor
+
+
+def stage1_mask(params: AnchorParams, rows: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """bool ``[len(rows), n_keys]``: keys in the initial or local region of each query row."""
+    j = torch.arange(n_keys, device=rows.device)[None, :]
+    i = rows[:, None]
+    g = i // params.group
+    local_lo = torch.clamp((g + 1) * params.group - params.local, min=0).clamp(min=params.init)
+    return (j <= i) & ((j < params.init) | (j >= local_lo))
+
+
+def attended_mask(params: AnchorParams, selected: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """bool ``[len(rows), N]``: every key row ``i`` attends to (stage-1 regions plus its group's
+    selection). ``selected`` is one head's ``[n_groups, N]`` slice of ``AnchorSelection.keys``."""
+    groups = rows // params.group
+    return stage1_mask(params, rows, selected.shape[-1]) | selected[groups]
+
+
+def _pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean over consecutive ``block`` rows of dim 0 (last block may be partial): ``[N, ...] -> [nb, ...]``."""
+    n = x.shape[0]
+    nb = math.ceil(n / block)
+    pad = nb * block - n
+    xp = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])]) if pad else x
+    sums = xp.reshape(nb, block, *x.shape[1:]).sum(1)                   # [nb, ...]
+    counts = torch.full((nb,), block, dtype=x.dtype, device=x.device)
+    counts[-1] = block - pad
+    return sums / counts.reshape(nb, *([1] * (x.dim() - 1)))
+
+
+def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorParams,
+                               chunk: int = 1024) -> AnchorSelection:
+    """Stages 1-2 of AnchorAttention: anchors, pooled anchors and the stripe selection.
+
+    Pooled queries are rounded to the input dtype before the product with the keys, as the
+    kernels do; everything else is fp32.
+    """
+    B, Hq, Hkv, Lq, N, D = check_qkv(q, k, k)
+    if Lq != N:
+        raise ValueError("AnchorAttention is defined for full prefill (Lq == Lk)")
+    rep, scale, G, bs = Hq // Hkv, params.scale(D), params.group, params.block_size
+    n_groups, n_blocks = math.ceil(N / G), math.ceil(N / bs)
+    keys = torch.zeros(B, Hq, n_groups, N, dtype=torch.bool, device=q.device)
+    anchor = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
+    pooled = torch.empty(B, Hq, n_blocks, dtype=torch.float32, device=q.device)
+    for b in range(B):
+        for h in range(Hq):
+            qf, kf = q[b, h].float(), k[b, h // rep].float()             # [N, D]
+            for s in range(0, N, chunk):
+                rows = torch.arange(s, min(s + chunk, N), device=q.device)
+                sc = (qf[rows] @ kf[: rows[-1] + 1].T) * scale           # [c, <=N]
+                sc.masked_fill_(~stage1_mask(params, rows, sc.shape[1]), float("-inf"))
+                anchor[b, h, rows] = sc.amax(-1)
+            pooled[b, h] = _pool_blocks(anchor[b, h], bs)
+            qbar = _pool_blocks(qf, bs).to(q.dtype).float()              # [nb, D]
+            for g in range(n_groups):
+                lo, hi = params.candidate_range(g)
+                hi = min(hi, N)
+                if hi <= lo:
+                    continue
+                blocks = slice(g * params.step, min((g + 1) * params.step, n_blocks))
+                sbar = (qbar[blocks] @ kf[lo:hi].T) * scale              # [step, hi-lo]
+                hit = sbar + params.theta >= pooled[b, h, blocks, None]
+                keys[b, h, g, lo:hi] = hit.any(0)
+    return AnchorSelection(keys=keys, anchor=anchor, pooled_anchor=pooled)
+
+
+def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pairs computed by each stage, ``[B, H]`` int64 each.
+
+    ``selected_per_group``: int ``[B, H, n_groups]`` number of selected keys per group.
+    Stage ``anchor``: initial + local regions; ``select``: pooled rows times candidates;
+    ``sparse``: group rows times selected keys.
+    """
+    G, bs = params.group, params.block_size
+    n_groups = math.ceil(N / G)
+    rows = torch.arange(N, dtype=torch.int64)
+    g = rows // G
+    local_lo = torch.clamp((g + 1) * G - params.local, min=0).clamp(min=params.init)
+    stage1 = torch.minimum(rows + 1, torch.tensor(params.init)) + torch.clamp(rows + 1 - local_lo, min=0)
+    select = 0
+    rows_in_group = []
+    for gi in range(n_groups):
+        lo, hi = params.candidate_range(gi)
+        n_rows = min(N, (gi + 1) * G) - gi * G
+        select += math.ceil(n_rows / bs) * max(0, min(hi, N) - lo)
+        rows_in_group.append(n_rows)
+    shape = selected_per_group.shape[:2]
+    rows_t = torch.tensor(rows_in_group, dtype=torch.int64, device=selected_per_group.device)
+    return {
+        "anchor": torch.full(shape, int(stage1.sum()), dtype=torch.int64),
+        "select": torch.full(shape, select, dtype=torch.int64),
+        "sparse": (selected_per_group.to(torch.int64) * rows_t).sum(-1).cpu(),
+    }
+
+
+def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
+                               chunk: int = 512) -> tuple[torch.Tensor, AttentionStats]:
+    """AnchorAttention in fp32: attention over stage-1 regions plus each group's selected keys.
+
+    Returns ``(out [B, Hq, N, D] in q's dtype, AttentionStats)``; equals dense causal attention
+    when ``theta`` keeps every candidate.
+    """
+    B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
+    sel = anchor_selection_reference(q, k, params)
+    rep, scale = Hq // Hkv, params.scale(D)
+    out = torch.empty_like(q)
+    for b in range(B):
+        for h in range(Hq):
+            qf, kf, vf = q[b, h].float(), k[b, h // rep].float(), v[b, h // rep].float()
+            for s in range(0, N, chunk):
+                rows = torch.arange(s, min(s + chunk, N), device=q.device)
+                sc = (qf[rows] @ kf.T) * scale                           # [c, N]
+                sc.masked_fill_(~attended_mask(params, sel.keys[b, h], rows), float("-inf"))
+                out[b, h, rows] = (sc.softmax(-1) @ vf).to(q.dtype)
+    counts = anchor_pair_counts(params, N, sel.keys.sum(-1))
+    return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
