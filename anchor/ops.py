@@ -21,8 +21,16 @@ from anchor.reference import LOG2E, anchor_attention_reference, anchor_pair_coun
 from anchor.sparse_index import SparseIndex, index_from_counts
 from anchor.stats import AttentionStats, causal_pair_count
 
-GATHER = 64          # keys gathered per step of the sparse kernel
 COMPACT_CHUNK = 16   # tiles expanded per step of the compaction kernel
+
+# Launch configurations per kernel, measured on an H100 (results/kernels/TUNING.md); keyed by
+# "small" (head_dim <= 64) / "large" head_dim. The interpreter ignores num_warps / num_stages.
+STAGE1_CONFIG = {"small": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+                 "large": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3}}
+SCORE_CONFIG = {"small": {"num_warps": 4, "num_stages": 2},
+                "large": {"num_warps": 4, "num_stages": 2}}
+SPARSE_CONFIG = {"small": {"GATHER": 128, "num_warps": 4, "num_stages": 3},
+                 "large": {"GATHER": 128, "num_warps": 8, "num_stages": 3}}
 
 
 def triton_available(x: torch.Tensor) -> bool:
@@ -30,11 +38,12 @@ def triton_available(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _launch_opts(x: torch.Tensor, head_dim: int) -> dict:
-    """num_warps / num_stages for attention-like kernels (ignored by the interpreter)."""
+def _config(table: dict, x: torch.Tensor, head_dim: int) -> dict:
+    """The launch configuration for ``head_dim``; warps/stages dropped off CUDA."""
+    cfg = dict(table["small" if head_dim <= 64 else "large"])
     if not x.is_cuda:
-        return {}
-    return {"num_warps": 8 if head_dim >= 128 else 4, "num_stages": 2}
+        cfg.pop("num_warps"), cfg.pop("num_stages")
+    return cfg
 
 
 @dataclass
@@ -64,11 +73,13 @@ class Selection:
             per word; only candidate words are meaningful.
         counts: int32 ``[B, Hq, n_groups, n_tiles]`` selected keys per (group, key tile).
         index: the ``SparseIndex`` (one list per group) consumed by stage 3.
+        complete: every candidate of every group was selected (the result is dense attention).
     """
 
     bits: torch.Tensor
     counts: torch.Tensor
     index: SparseIndex
+    complete: bool
 
 
 def _word_bits(tile: int) -> int:
@@ -89,7 +100,9 @@ def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Anchor
     lse = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
     qbar = torch.empty(B, Hq, n_blocks, D, dtype=q.dtype, device=q.device)
     abar = torch.empty(B, Hq, n_blocks, dtype=torch.float32, device=q.device)
-    block_n = 64 if (q.is_cuda and D >= 128) else bs
+    cfg = _config(STAGE1_CONFIG, q, D)
+    block_n = min(cfg.pop("BLOCK_N"), bs)
+    block_n = block_n if q.is_cuda else bs        # interpreter: fewer, larger tiles run faster
     _anchor_stage1_kernel[(n_blocks, B * Hq)](
         q, k, v, out, lse, qbar, abar,
         q.stride(0), q.stride(1), q.stride(2),
@@ -101,8 +114,7 @@ def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Anchor
         abar.stride(0), abar.stride(1),
         Hq, N, params.scale(D) * LOG2E,
         GQA=Hq // Hkv, GROUP=params.group, INIT=params.init, LOCAL=params.local,
-        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=bs, BLOCK_N=min(block_n, bs),
-        **_launch_opts(q, D))
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=bs, BLOCK_N=block_n, **cfg)
     return Stage1Result(out=out, lse=lse, qbar=qbar, abar=abar)
 
 
@@ -131,7 +143,7 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
             GQA=gqa, HEADS=heads, STEP=params.step, STEP_P=step_p,
             GROUP=G, INIT=params.init, LOCAL=params.local,
             HEAD_DIM=D, BLOCK_D=_next_pow2(D), TILE=tile, BITS=_word_bits(tile),
-            **_launch_opts(q, D))
+            **_config(SCORE_CONFIG, q, D))
     full = counts == tile
     index = index_from_counts(full.sum(-1, dtype=torch.int32),
                               torch.where(full, 0, counts).sum(-1, dtype=torch.int32), tile, G)
@@ -142,14 +154,19 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
             Hq, n_groups,
             GROUP=G, INIT=params.init, LOCAL=params.local, TILE=tile, BITS=_word_bits(tile),
             CHUNK=COMPACT_CHUNK)
-    return Selection(bits=bits, counts=counts, index=index)
+    n_candidates = sum(max(0, min(hi, N) - lo) for lo, hi in map(params.candidate_range, range(n_groups)))
+    n_selected = index.full_ids.numel() * tile + index.col_ids.numel()
+    complete = n_candidates > 0 and n_selected == B * Hq * n_candidates
+    return Selection(bits=bits, counts=counts, index=index, complete=complete)
 
 
 def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, resume: bool, causal: bool):
     B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
-    block_m = min(128, index.rows_per_list)
-    if index.rows_per_list % block_m:
-        raise ValueError(f"rows_per_list={index.rows_per_list} must be a multiple of {block_m}")
+    block_m = min(128, index.rows_per_list & -index.rows_per_list)     # largest power of two dividing it
+    if block_m < 16:
+        raise ValueError(f"rows_per_list={index.rows_per_list} must be a multiple of 16")
+    cfg = _config(SPARSE_CONFIG, q, D)
+    gather = cfg.pop("GATHER")
     _sparse_fwd_kernel[(math.ceil(Lq / block_m), B * Hq)](
         q, k, v, out, lse,
         index.full_off, index.full_cnt, index.full_ids, index.col_off, index.col_cnt, index.col_ids,
@@ -160,8 +177,7 @@ def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, re
         lse.stride(0), lse.stride(1),
         Hq, Lq, index.n_lists, Lk - Lq, sm_scale * LOG2E,
         GQA=Hq // Hkv, ROWS_PER_LIST=index.rows_per_list, RESUME=int(resume), CAUSAL=causal,
-        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile, GATHER=GATHER,
-        **_launch_opts(q, D))
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile, GATHER=gather, **cfg)
 
 
 def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Result, sel: Selection,
@@ -200,7 +216,8 @@ def selection_key_mask(sel: Selection, n_keys: int) -> torch.Tensor:
 
 
 def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams, *,
-                     backend: str = "auto") -> tuple[torch.Tensor, AttentionStats]:
+                     backend: str = "auto", dense_if_complete: bool = False
+                     ) -> tuple[torch.Tensor, AttentionStats]:
     """AnchorAttention prefill: causal attention over the initial tokens, the local window and the
     keys each group of ``block_size * step`` queries selects against its pooled anchor.
 
@@ -210,6 +227,10 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
             interpreter). Any ``N``; ``D`` any size up to 256 (padded to a power of two inside).
         params: hyperparameters (``conf/method/anchor.yaml`` holds the defaults).
         backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (Triton when available).
+        dense_if_complete: when the selection kept every candidate of every group (the result
+            is then exactly dense causal attention), compute stage 3's share with dense SDPA
+            (cuDNN on CUDA) instead of the sparse kernel. Counted as a dense fallback: stats
+            stage ``dense`` holds all causal pairs on top of the estimation stages.
 
     Returns:
         ``(out [B, Hq, N, D], AttentionStats)``. Stats stages: ``anchor`` (initial + local
@@ -236,9 +257,24 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s1 = run_stage1(q, k, v, params)
     sel = run_selection(q, k, s1, params)
-    out = run_sparse(q, k, v, s1, sel, params)
     counts = anchor_pair_counts(params, N, sel.index.keys_per_list())
+    if dense_if_complete and sel.complete:
+        del counts["sparse"]
+        counts["dense"] = torch.full((B, Hq), causal_pair_count(N, N), dtype=torch.int64)
+        out = _dense_sdpa(q, k, v, params.scale(D))
+        return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N), dense_fallback=1)
+    out = run_sparse(q, k, v, s1, sel, params)
     return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
+
+
+def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense causal SDPA with native GQA, cuDNN first on CUDA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
+    with sdpa_kernel(backends, set_priority=True) if q.is_cuda else sdpa_kernel(SDPBackend.MATH):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                                enable_gqa=True)
 
 
 __all__ = ["anchor_attention", "run_stage1", "run_selection", "run_sparse", "sparse_attention",

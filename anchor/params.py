@@ -46,8 +46,8 @@ class AnchorParams:
             raise ValueError(f"block_size must be one of 16, 32, 64, 128, got {b}")
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
-        if not math.isfinite(self.theta) and self.theta != math.inf:
-            raise ValueError(f"theta must be a number, got {self.theta}")
+        if math.isnan(self.theta):
+            raise ValueError("theta must be a number (+inf keeps every candidate, -inf none), got nan")
         if self.init < 0 or self.init % b:
             raise ValueError(f"init_size must be a non-negative multiple of block_size={b}, got {self.init}")
         if self.local < self.group or self.local % b:

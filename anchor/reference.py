@@ -6,6 +6,7 @@ All functions take ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]`` (query head `
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 
 from anchor.checks import check_qkv
 from anchor.params import AnchorParams
+from anchor.sparse_index import SparseIndex
 from anchor.stats import AttentionStats, causal_pair_count
 
 LOG2E = 1.4426950408889634
@@ -119,6 +121,22 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
     return AnchorSelection(keys=keys, anchor=anchor, pooled_anchor=pooled)
 
 
+@functools.lru_cache(maxsize=64)
+def _fixed_pair_counts(params: AnchorParams, N: int) -> tuple[int, int, tuple[int, ...]]:
+    """Per-head pairs of stage 1 and stage 2 (independent of the data) and rows per group."""
+    G, bs = params.group, params.block_size
+    rows = torch.arange(N, dtype=torch.int64)
+    local_lo = torch.clamp((rows // G + 1) * G - params.local, min=0).clamp(min=params.init)
+    stage1 = torch.minimum(rows + 1, torch.tensor(params.init)) + torch.clamp(rows + 1 - local_lo, min=0)
+    select, rows_in_group = 0, []
+    for g in range(math.ceil(N / G)):
+        lo, hi = params.candidate_range(g)
+        n_rows = min(N, (g + 1) * G) - g * G
+        select += math.ceil(n_rows / bs) * max(0, min(hi, N) - lo)
+        rows_in_group.append(n_rows)
+    return int(stage1.sum()), select, tuple(rows_in_group)
+
+
 def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pairs computed by each stage, ``[B, H]`` int64 each.
 
@@ -126,23 +144,11 @@ def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.T
     Stage ``anchor``: initial + local regions; ``select``: pooled rows times candidates;
     ``sparse``: group rows times selected keys.
     """
-    G, bs = params.group, params.block_size
-    n_groups = math.ceil(N / G)
-    rows = torch.arange(N, dtype=torch.int64)
-    g = rows // G
-    local_lo = torch.clamp((g + 1) * G - params.local, min=0).clamp(min=params.init)
-    stage1 = torch.minimum(rows + 1, torch.tensor(params.init)) + torch.clamp(rows + 1 - local_lo, min=0)
-    select = 0
-    rows_in_group = []
-    for gi in range(n_groups):
-        lo, hi = params.candidate_range(gi)
-        n_rows = min(N, (gi + 1) * G) - gi * G
-        select += math.ceil(n_rows / bs) * max(0, min(hi, N) - lo)
-        rows_in_group.append(n_rows)
+    stage1, select, rows_in_group = _fixed_pair_counts(params, N)
     shape = selected_per_group.shape[:2]
     rows_t = torch.tensor(rows_in_group, dtype=torch.int64, device=selected_per_group.device)
     return {
-        "anchor": torch.full(shape, int(stage1.sum()), dtype=torch.int64),
+        "anchor": torch.full(shape, stage1, dtype=torch.int64),
         "select": torch.full(shape, select, dtype=torch.int64),
         "sparse": (selected_per_group.to(torch.int64) * rows_t).sum(-1).cpu(),
     }
@@ -169,3 +175,24 @@ def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                 out[b, h, rows] = (sc.softmax(-1) @ vf).to(q.dtype)
     counts = anchor_pair_counts(params, N, sel.keys.sum(-1))
     return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
+
+
+def sparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
+                               sm_scale: float | None = None, causal: bool = True) -> torch.Tensor:
+    """fp32 attention of each row list over its index keys (the function of ``ops.sparse_attention``).
+
+    Queries are the last ``Lq`` positions; with ``causal`` keys after a query are masked. Rows
+    with no key output zeros.
+    """
+    B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
+    scale = sm_scale if sm_scale is not None else D ** -0.5
+    keys = index.to_key_mask(Lk)                                         # [B, Hq, n_lists, Lk]
+    rows = torch.arange(Lq, device=q.device)
+    allowed = keys[:, :, rows // index.rows_per_list]                    # [B, Hq, Lq, Lk]
+    if causal:
+        allowed = allowed & (torch.arange(Lk, device=q.device)[None, :] <= (rows + Lk - Lq)[:, None])
+    qg = q.float().reshape(B, Hkv, Hq // Hkv, Lq, D)                    # query heads grouped by KV head
+    scores = torch.einsum("bgrid,bgjd->bgrij", qg, k.float()).reshape(B, Hq, Lq, Lk) * scale
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+    out = torch.einsum("bgrij,bgjd->bgrid", probs.reshape(B, Hkv, Hq // Hkv, Lq, Lk), v.float())
+    return out.reshape(B, Hq, Lq, D).to(q.dtype)
