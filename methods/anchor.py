@@ -1,0 +1,61 @@
+"""``anchor``: AnchorAttention (Triton kernels on GPU / interpreter, fp32 reference on CPU)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from anchor.ops import anchor_attention, run_selection, run_stage1, selection_key_mask, triton_available
+from anchor.params import AnchorParams
+from anchor.reference import anchor_selection_reference, attended_mask
+from anchor.stats import AttentionStats, dense_stats
+from methods.base import AttendedSet
+from methods.dense import dense_attention
+from methods.registry import register_method
+
+
+@register_method("anchor")
+class AnchorMethod:
+    """AnchorAttention prefill.
+
+    Full prefill (``Lq == Lk``) runs ``anchor.anchor_attention``. Chunked prefill (``Lq < Lk``)
+    is not defined by the method (its groups assume positions from 0): it runs dense attention
+    and is counted as a dense fallback.
+
+    Fixes relative to the authors' code (see ``anchor/params.py``): every key is counted once
+    (their selected keys in ``[128, 2048)`` were attended twice and the 128 keys before each
+    group never), any length runs sparsely (theirs: the ``N mod 2048`` tail went dense and
+    ``N % 2048 == 0`` returned zeros), GQA reads shared K/V instead of copies.
+    """
+
+    def __init__(self, *, theta: float, step: int, block_size: int, init_size: int | None,
+                 local_size: int | None, dense_if_complete: bool, backend: str):
+        self.params = AnchorParams(theta=float(theta), step=step, block_size=block_size,
+                                   init_size=init_size, local_size=local_size)
+        self.dense_if_complete = dense_if_complete
+        self.backend = backend
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                 sm_scale: float | None = None, layer_idx: int | None = None
+                 ) -> tuple[torch.Tensor, AttentionStats]:
+        """``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` -> ``(out [B, Hq, Lq, D], stats)``."""
+        if q.shape[2] != k.shape[2]:
+            out = dense_attention(q, k, v, sm_scale=sm_scale)
+            return out, dense_stats(q.shape[0], q.shape[1], q.shape[2], k.shape[2], fallback=True)
+        params = dataclasses.replace(self.params, sm_scale=sm_scale) if sm_scale is not None else self.params
+        return anchor_attention(q, k, v, params, backend=self.backend,
+                                dense_if_complete=self.dense_if_complete)
+
+    def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                 sm_scale: float | None = None) -> AttendedSet:
+        """Keys each row attends: its initial + local regions and its group's selected keys.
+
+        Uses the same backend as ``__call__`` to decide the selection.
+        """
+        params = dataclasses.replace(self.params, sm_scale=sm_scale) if sm_scale is not None else self.params
+        if self.backend != "torch" and triton_available(q):
+            keys = selection_key_mask(run_selection(q, k, run_stage1(q, k, v, params), params), k.shape[2])
+        else:
+            keys = anchor_selection_reference(q, k, params).keys
+        return AttendedSet(n_keys=k.shape[2],
+                           row_mask=lambda b, h, rows: attended_mask(params, keys[b, h], rows))
