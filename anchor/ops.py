@@ -25,11 +25,11 @@ COMPACT_CHUNK = 16   # tiles expanded per step of the compaction kernel
 
 # Launch configurations per kernel, measured on an H100 (results/kernels/TUNING.md); keyed by
 # "small" (head_dim <= 64) / "large" head_dim. The interpreter ignores num_warps / num_stages.
-STAGE1_CONFIG = {"small": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+STAGE1_CONFIG = {"small": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
                  "large": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3}}
-SCORE_CONFIG = {"small": {"num_warps": 4, "num_stages": 2},
+SCORE_CONFIG = {"small": {"num_warps": 4, "num_stages": 3},
                 "large": {"num_warps": 4, "num_stages": 2}}
-SPARSE_CONFIG = {"small": {"GATHER": 128, "num_warps": 4, "num_stages": 3},
+SPARSE_CONFIG = {"small": {"GATHER": 128, "num_warps": 4, "num_stages": 2},
                  "large": {"GATHER": 128, "num_warps": 8, "num_stages": 3}}
 
 
@@ -118,8 +118,13 @@ def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Anchor
     return Stage1Result(out=out, lse=lse, qbar=qbar, abar=abar)
 
 
-def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: AnchorParams) -> Selection:
-    """Stage 2: per-group stripe selection against the pooled anchors, compacted into an index."""
+def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: AnchorParams, *,
+                  compact_if_complete: bool = True) -> Selection:
+    """Stage 2: per-group stripe selection against the pooled anchors, compacted into an index.
+
+    With ``compact_if_complete=False`` a complete selection (every candidate kept) is not
+    compacted: its index buffers are left unwritten (the caller computes dense attention).
+    """
     B, Hq, Hkv, _, N, D = check_qkv(q, k, k)
     gqa, tile, G = Hq // Hkv, params.block_size, params.group
     n_groups, n_blocks = math.ceil(N / G), math.ceil(N / tile)
@@ -147,16 +152,16 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
     full = counts == tile
     index = index_from_counts(full.sum(-1, dtype=torch.int32),
                               torch.where(full, 0, counts).sum(-1, dtype=torch.int32), tile, G)
-    if index.full_ids.numel() + index.col_ids.numel() > 0:
+    n_candidates = sum(max(0, min(hi, N) - lo) for lo, hi in map(params.candidate_range, range(n_groups)))
+    n_selected = index.full_ids.numel() * tile + index.col_ids.numel()
+    complete = n_candidates > 0 and n_selected == B * Hq * n_candidates
+    if n_selected > 0 and (compact_if_complete or not complete):
         _anchor_compact_kernel[(n_groups, B * Hq)](
             bits, index.full_off, index.col_off, index.full_ids, index.col_ids,
             bits.stride(0), bits.stride(1), bits.stride(2),
             Hq, n_groups,
             GROUP=G, INIT=params.init, LOCAL=params.local, TILE=tile, BITS=_word_bits(tile),
             CHUNK=COMPACT_CHUNK)
-    n_candidates = sum(max(0, min(hi, N) - lo) for lo, hi in map(params.candidate_range, range(n_groups)))
-    n_selected = index.full_ids.numel() * tile + index.col_ids.numel()
-    complete = n_candidates > 0 and n_selected == B * Hq * n_candidates
     return Selection(bits=bits, counts=counts, index=index, complete=complete)
 
 
@@ -256,7 +261,7 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
         raise ValueError(f"head_dim {D} > 256 is not supported")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s1 = run_stage1(q, k, v, params)
-    sel = run_selection(q, k, s1, params)
+    sel = run_selection(q, k, s1, params, compact_if_complete=not dense_if_complete)
     counts = anchor_pair_counts(params, N, sel.index.keys_per_list())
     if dense_if_complete and sel.complete:
         del counts["sparse"]

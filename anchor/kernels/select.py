@@ -14,6 +14,8 @@ selected in partially selected tiles (gathered by stage 3).
 import triton
 import triton.language as tl
 
+from anchor.kernels.sparse_fwd import load_rows
+
 
 @triton.jit
 def _anchor_score_kernel(
@@ -38,8 +40,8 @@ def _anchor_score_kernel(
         offs_n = t0 + tl.arange(0, TILE)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
-        k = tl.load(K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-                    + offs_n[:, None] * stride_kn + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        k = load_rows(K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, offs_n, offs_d, stride_kn,
+                      offs_n, HEAD_DIM, BLOCK_D, False)
         # rows = (head in chunk, pooled block in group): [HEADS * STEP_P]
         rows = tl.arange(0, HEADS * STEP_P)
         hh = rows // STEP_P

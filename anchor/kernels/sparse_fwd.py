@@ -12,6 +12,22 @@ import triton.language as tl
 
 
 @triton.jit
+def load_rows(ptr, rows, offs_d, stride, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              ROW_MASK: tl.constexpr):
+    """Load rows ``rows`` (``[R]``) of a ``[*, HEAD_DIM]`` matrix as ``[R, BLOCK_D]`` (zero padded).
+
+    Masks are emitted only where needed, so full-width unmasked loads stay vectorised.
+    """
+    ptrs = ptr + rows[:, None] * stride + offs_d[None, :]
+    if ROW_MASK:
+        return tl.load(ptrs, mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    elif HEAD_DIM == BLOCK_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+
+
+@triton.jit
 def online_softmax_step(acc, l_i, m_i, qk, v):
     """Fold one tile of log2-domain scores ``qk [M, N]`` and values ``v [N, D]`` into the state.
 
@@ -78,8 +94,8 @@ def _sparse_fwd_kernel(
         offs_t = tl.arange(0, TILE)
         for i in range(0, n_full):
             cols = tl.load(full_base + i) * TILE + offs_t
-            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=d_ok[None, :], other=0.0)
-            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+            k = load_rows(K, cols, offs_d, stride_kn, cols, HEAD_DIM, BLOCK_D, False)
+            v = load_rows(V, cols, offs_d, stride_vn, cols, HEAD_DIM, BLOCK_D, False)
             qk = tl.dot(q, tl.trans(k)) * qk_scale
             if CAUSAL:
                 qk = tl.where(cols[None, :] <= q_pos[:, None], qk, float("-inf"))
@@ -90,9 +106,8 @@ def _sparse_fwd_kernel(
         for c0 in range(0, n_col, GATHER):
             slot_ok = (c0 + offs_g) < n_col
             cols = tl.load(col_base + c0 + offs_g, mask=slot_ok, other=0)
-            kv_mask = slot_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+            k = load_rows(K, cols, offs_d, stride_kn, slot_ok, HEAD_DIM, BLOCK_D, True)
+            v = load_rows(V, cols, offs_d, stride_vn, slot_ok, HEAD_DIM, BLOCK_D, True)
             qk = tl.dot(q, tl.trans(k)) * qk_scale
             keep = slot_ok[None, :]
             if CAUSAL:

