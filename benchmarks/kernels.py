@@ -46,6 +46,7 @@ from anchor import ops
 from anchor.params import AnchorParams
 from benchmarks.official_anchor import dense_causal_fp32, official_anchor_attention
 from benchmarks.results import environment
+from benchmarks.tables import markdown_table
 from benchmarks.structured_inputs import KINDS, make_qkv
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -215,20 +216,6 @@ def gpu_name(device: torch.device) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-")
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    """The main columns of ``df`` as a markdown table (3 significant digits)."""
-    cols = [c for c in TABLE_COLUMNS if c in df.columns]
-
-    def fmt(x):
-        if isinstance(x, float):
-            return "-" if math.isnan(x) else f"{x:.3g}"
-        return str(x)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
-    return "\n".join(lines)
-
-
 def write_results(rows: list[dict], args: argparse.Namespace, argv: list[str], device: torch.device
                   ) -> tuple[Path, Path, str]:
     """Write the CSV and the markdown report; return their paths and the table."""
@@ -240,7 +227,7 @@ def write_results(rows: list[dict], args: argparse.Namespace, argv: list[str], d
     df.to_csv(stem.with_suffix(".csv"), index=False)
     env = environment({})
     notes = sorted({n for c in ("cudnn_note", "flash_note") for n in df.get(c, []) if n})
-    table = markdown_table(df)
+    table = markdown_table(df, TABLE_COLUMNS)
     header = [
         "# AnchorAttention kernel benchmark", "",
         f"Command: `python -m benchmarks.kernels {shlex.join(argv)}`", "",

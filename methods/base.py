@@ -42,3 +42,11 @@ class AttendedSet:
 
     n_keys: int
     row_mask: Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+def causal_attended(q_len: int, k_len: int) -> AttendedSet:
+    """Every causally visible key (dense attention); queries are the last ``q_len`` positions."""
+    def row_mask(b: int, h: int, rows: torch.Tensor) -> torch.Tensor:
+        keys = torch.arange(k_len, device=rows.device)
+        return keys[None, :] <= (rows + k_len - q_len)[:, None]
+    return AttendedSet(n_keys=k_len, row_mask=row_mask)

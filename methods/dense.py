@@ -16,6 +16,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from anchor.checks import check_qkv
 from anchor.stats import AttentionStats, dense_stats
+from methods.base import AttendedSet, causal_attended
 from methods.registry import register_method
 
 _SDPA_BACKENDS = {
@@ -112,6 +113,11 @@ class Dense:
         batch, hq, _, q_len, k_len, _ = check_qkv(q, k, v)
         out = dense_attention(q, k, v, sm_scale=sm_scale, backend=self.backend)
         return out, dense_stats(batch, hq, q_len, k_len, fallback=False)
+
+    def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                 sm_scale: float | None = None) -> AttendedSet:
+        """Every causal key."""
+        return causal_attended(q.shape[2], k.shape[2])
 
     def __repr__(self) -> str:
         return f"Dense(backend={self.backend!r})"
