@@ -221,7 +221,7 @@ def selection_key_mask(sel: Selection, n_keys: int) -> torch.Tensor:
 
 
 def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams, *,
-                     backend: str = "auto", dense_if_complete: bool = False
+                     backend: str = "auto", dense_if_complete: bool = False, zero_anchor: bool = False
                      ) -> tuple[torch.Tensor, AttentionStats]:
     """AnchorAttention prefill: causal attention over the initial tokens, the local window and the
     keys each group of ``block_size * step`` queries selects against its pooled anchor.
@@ -236,6 +236,8 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
             is then exactly dense causal attention), compute stage 3's share with dense SDPA
             (cuDNN on CUDA) instead of the sparse kernel. Counted as a dense fallback: stats
             stage ``dense`` holds all causal pairs on top of the estimation stages.
+        zero_anchor: compare pooled scores with 0 instead of the pooled anchors (the paper's
+            "without anchor" ablation, Table 4).
 
     Returns:
         ``(out [B, Hq, N, D], AttentionStats)``. Stats stages: ``anchor`` (initial + local
@@ -254,13 +256,15 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
     if backend == "torch" or (backend == "auto" and not triton_available(q)):
-        return anchor_attention_reference(q, k, v, params)
+        return anchor_attention_reference(q, k, v, params, zero_anchor=zero_anchor)
     if not triton_available(q):
         raise RuntimeError("Triton backend needs CUDA tensors or TRITON_INTERPRET=1")
     if D > 256:
         raise ValueError(f"head_dim {D} > 256 is not supported")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s1 = run_stage1(q, k, v, params)
+    if zero_anchor:
+        s1.abar.zero_()
     sel = run_selection(q, k, s1, params, compact_if_complete=not dense_if_complete)
     counts = anchor_pair_counts(params, N, sel.index.keys_per_list())
     if dense_if_complete and sel.complete:

@@ -85,11 +85,12 @@ def _pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorParams,
-                               chunk: int = 1024) -> AnchorSelection:
+                               chunk: int = 1024, zero_anchor: bool = False) -> AnchorSelection:
     """Stages 1-2 of AnchorAttention: anchors, pooled anchors and the stripe selection.
 
     Pooled queries are rounded to the input dtype before the product with the keys, as the
-    kernels do; everything else is fp32.
+    kernels do; everything else is fp32. ``zero_anchor`` compares with 0 instead of the pooled
+    anchors (the paper's "without anchor" ablation); ``pooled_anchor`` is then all zeros.
     """
     B, Hq, Hkv, Lq, N, D = check_qkv(q, k, k)
     if Lq != N:
@@ -107,7 +108,7 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
                 sc = (qf[rows] @ kf[: rows[-1] + 1].T) * scale           # [c, <=N]
                 sc.masked_fill_(~stage1_mask(params, rows, sc.shape[1]), float("-inf"))
                 anchor[b, h, rows] = sc.amax(-1)
-            pooled[b, h] = _pool_blocks(anchor[b, h], bs)
+            pooled[b, h] = 0.0 if zero_anchor else _pool_blocks(anchor[b, h], bs)
             qbar = _pool_blocks(qf, bs).to(q.dtype).float()              # [nb, D]
             for g in range(n_groups):
                 lo, hi = params.candidate_range(g)
@@ -155,14 +156,14 @@ def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.T
 
 
 def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
-                               chunk: int = 512) -> tuple[torch.Tensor, AttentionStats]:
+                               chunk: int = 512, zero_anchor: bool = False) -> tuple[torch.Tensor, AttentionStats]:
     """AnchorAttention in fp32: attention over stage-1 regions plus each group's selected keys.
 
     Returns ``(out [B, Hq, N, D] in q's dtype, AttentionStats)``; equals dense causal attention
-    when ``theta`` keeps every candidate.
+    when ``theta`` keeps every candidate. ``zero_anchor``: see ``anchor_selection_reference``.
     """
     B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
-    sel = anchor_selection_reference(q, k, params)
+    sel = anchor_selection_reference(q, k, params, zero_anchor=zero_anchor)
     rep, scale = Hq // Hkv, params.scale(D)
     out = torch.empty_like(q)
     for b in range(B):

@@ -160,6 +160,17 @@ def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str):
     return fn, out, note
 
 
+def stage_times(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
+                device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of each stage (stage 3 overwrites stage 1's output: timed as 1 + 3 minus 1)."""
+    stage1 = bench_ms(lambda: ops.run_stage1(q, k, v, params), device, args)
+    s1 = ops.run_stage1(q, k, v, params)
+    select = bench_ms(lambda: ops.run_selection(q, k, s1, params), device, args)
+    sel = ops.run_selection(q, k, s1, params)
+    stage13 = bench_ms(lambda: ops.run_sparse(q, k, v, ops.run_stage1(q, k, v, params), sel, params), device, args)
+    return {"stage1_ms": stage1, "select_ms": select, "sparse_ms": stage13 - stage1}
+
+
 def bench_input(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thetas: list[float],
                 args: argparse.Namespace) -> list[dict]:
     """All result rows of one input: dense baselines once, then ours and theirs per theta."""
@@ -191,15 +202,7 @@ def bench_input(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thetas: list[
         del out
         row["ours_ms"] = bench_ms(ours, device, args)
         row["ours_mem_mib"] = peak_mib(ours, device)
-        row["stage1_ms"] = bench_ms(lambda: ops.run_stage1(q, k, v, params), device, args)
-        s1 = ops.run_stage1(q, k, v, params)
-        row["select_ms"] = bench_ms(lambda: ops.run_selection(q, k, s1, params), device, args)
-        sel = ops.run_selection(q, k, s1, params)
-        del s1
-        stage13 = bench_ms(lambda: ops.run_sparse(q, k, v, ops.run_stage1(q, k, v, params), sel, params),
-                           device, args)
-        row["sparse_ms"] = stage13 - row["stage1_ms"]
-        del sel
+        row.update(stage_times(q, k, v, params, device, args))
         theirs, _, tstats = official_anchor_attention(qs, ks, vs, theta, block=args.block_size, step=args.step)
         row.update(err_theirs_fp32=rel_err(theirs, dense32), theirs_density=tstats.density,
                    theirs_official_ratio=tstats.extra["official_ratio"])
