@@ -13,11 +13,28 @@ from methods import get_method
 from methods.hf_patch import IMPL_NAME, StatsRecorder, harness_attention, non_causal_mask, patched
 from methods.models import load_model
 
-# Methods that, configured to keep every pair, must reproduce the dense model exactly.
-# Other engineers append keep-everything configs of their sparse methods here.
-KEEP_ALL_METHOD_CONFIGS = [{"name": "dense", "backend": "auto"}]
-
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def _keep_all(name: str, **overrides) -> dict:
+    """``conf/method/<name>.yaml`` with overrides that make the method keep every causal pair on
+    the test prompts (<= 40 tokens), with blocks small enough that its sparse path still runs."""
+    cfg = yaml.safe_load((CONF.parent / "method" / f"{name}.yaml").read_text())
+    return {**cfg, **overrides}
+
+
+# Methods that, configured to keep every pair, must reproduce the dense model exactly.
+KEEP_ALL_METHOD_CONFIGS = [
+    {"name": "dense", "backend": "auto"},
+    _keep_all("anchor", theta=float("inf"), block_size=16, step=1, dense_if_complete=False),
+    _keep_all("anchor_zero", theta=float("inf"), block_size=16, step=1, dense_if_complete=False),
+    _keep_all("streaming", global_window=16, local_window=64, block_size=16),
+    _keep_all("vertical_slash", vertical_size=64, slash_size=64, last_q=16, sink_columns=4,
+              local_diagonals=8, block_size=16),
+    _keep_all("flexprefill", gamma=1.0, min_budget=16, block_size=16),
+    _keep_all("oracle_topk_stripe", k=64, block_size=16),
+    _keep_all("oracle_topcdf_block", cdf=1.0, block_size=16),
+]
 MODELS = ["tiny_llama", "tiny_qwen2"]
 N_LAYERS = 2
 RTOL = ATOL = 1e-5  # fp32 accumulation-order noise on logits of order 1

@@ -11,7 +11,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from methods import models
+from benchmarks.assets import ensure_essays
+from methods import get_method, models
+from methods.hf_patch import StatsRecorder, patched
 from methods.models import build_random_config, ensure_smollm2_gguf, load_model, resolve_dtype
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -37,6 +39,29 @@ def test_smollm2_says_paris():
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=6, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
+
+
+@pytest.mark.slow
+def test_patched_smollm2_answers_a_real_prompt_sparsely():
+    """SmolLM2 patched with AnchorAttention (small blocks so a 300-token prompt is sparse; the CPU
+    path is the fp32 reference, the kernels are covered in tests/anchor)."""
+    try:
+        ensure_smollm2_gguf()
+    except RuntimeError as err:
+        pytest.skip(f"SmolLM2 GGUF not cached and not fetchable here: {err}")
+    model, tok = load_model(_model_cfg("smollm2"), "cpu")
+    essay = (ensure_essays() / "addiction.txt").read_text()[:1200]
+    prompt = f"{essay}\n\nQuestion: what is the capital of France?\nAnswer: The capital of France is"
+    ids = tok(prompt, return_tensors="pt")
+    cfg = yaml.safe_load((CONF / "method" / "anchor.yaml").read_text())
+    method = get_method({**cfg, "block_size": 16, "step": 2, "init_size": 32, "local_size": 64,
+                         "theta": 6.0, "dense_if_complete": False, "backend": "torch"})
+    with patched(model, method, StatsRecorder()) as rec:
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert ids.input_ids.shape[1] > 250
+    assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
+    assert len(rec.by_phase("prefill")) == 30 and rec.dense_fallbacks() == 0
+    assert rec.prefill_density() < 1.0
 
 
 @pytest.mark.parametrize("name,expect", [
