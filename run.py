@@ -7,6 +7,8 @@ Hydra's output folder: ``samples.jsonl`` (one line per finished example, resumab
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import random
 
@@ -36,6 +38,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_model(model_yaml: str, device: str):
+    """Load once per process: a multirun's jobs (run in one process) share the model."""
+    from methods.models import load_model
+
+    return load_model(OmegaConf.create(model_yaml), device)
+
+
+def _logger(cfg: DictConfig):
+    """``logger=wandb``: a wandb run (offline unless ``wandb.mode`` says otherwise); else None."""
+    if cfg.logger == "none":
+        return None
+    if cfg.logger != "wandb":
+        raise ValueError(f"logger must be none or wandb, got {cfg.logger!r}")
+    try:
+        import wandb
+    except ImportError as err:
+        raise ImportError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from err
+    return wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=HydraConfig.get().runtime.output_dir,
+                      config=OmegaConf.to_container(cfg, resolve=True))
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Build the method, run the benchmark's runner, write ``summary.json``."""
@@ -44,26 +68,40 @@ def main(cfg: DictConfig) -> None:
         # Must precede importing anchor/methods: Triton reads it when kernels are defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
+    import torch
+
     import methods  # noqa: F401  (methods/__init__.py imports every method module: registration)
+    from benchmarks.generate import run_generation
     from benchmarks.results import ResultWriter
     from benchmarks.smoke import run_smoke
     from methods.registry import get_method
 
-    runners = {"smoke": run_smoke}
-    runner = runners.get(cfg.bench.runner)
-    if runner is None:
-        raise ValueError(f"unknown bench.runner {cfg.bench.runner!r} in bench={cfg.bench.name}; "
-                         f"available: {sorted(runners)}")
-    if cfg.logger != "none":
-        raise ValueError(f"logger={cfg.logger!r} is not supported yet; only logger=none")
-
+    benches = ("ruler", "longbench", "niah")       # modules of benchmarks/ run by the generation runner
+    if cfg.bench.runner not in ("smoke", "generate"):
+        raise ValueError(f"unknown bench.runner {cfg.bench.runner!r} in bench={cfg.bench.name}; use smoke or generate")
+    if cfg.bench.runner == "generate" and cfg.bench.name not in benches:
+        raise ValueError(f"unknown benchmark {cfg.bench.name!r}; available: {sorted(benches)}")
     seed_everything(int(cfg.seed))
     method = get_method(cfg.method)
     out_dir = HydraConfig.get().runtime.output_dir
     writer = ResultWriter(out_dir, OmegaConf.to_container(cfg, resolve=True))
-    summary = runner(cfg.bench, method, writer, device=device)
+    logger = _logger(cfg)
+    if cfg.bench.runner == "smoke":
+        summary = run_smoke(cfg.bench, method, writer, device=device)
+    else:
+        model, tokenizer = _load_model(OmegaConf.to_yaml(cfg.model), device)
+        if tokenizer is None:
+            raise ValueError(f"model {cfg.model.name} has no tokenizer: benchmarks need one (set tokenizer_from)")
+        bench = importlib.import_module(f"benchmarks.{cfg.bench.name}")
+        summary = run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device), logger)
     path = writer.finish(summary)
+    if logger is not None:
+        logger.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        logger.finish()
     print(f"summary: {path}")
+    for key in ("score_by_length", "score_avg", "density_mean", "dense_fallbacks", "unavailable_tasks"):
+        if key in summary:
+            print(f"  {key}: {summary[key]}")
 
 
 if __name__ == "__main__":

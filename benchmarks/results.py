@@ -130,7 +130,8 @@ def environment(config: Mapping[str, Any]) -> dict[str, Any]:
 
     status = _git("status", "--porcelain")
     return {
-        "git_sha": _git("rev-parse", "HEAD"),
+        # a copy without .git (e.g. a GPU box) may pass the commit in ANCHOR_HARNESS_GIT_SHA
+        "git_sha": _git("rev-parse", "HEAD") or os.environ.get("ANCHOR_HARNESS_GIT_SHA"),
         "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.slow
-TINY = ["method=dense", "bench=ruler", "bench.lengths=[256]", "device=cpu"]
+TINY = ["method=dense", "bench=smoke", "bench.lengths=[256]", "device=cpu"]
 
 
 def _run(repo_root, *args):

@@ -1,0 +1,132 @@
+"""The generation runner shared by RULER, LongBench and NIAH.
+
+For every ``Example`` of the benchmark not yet in ``samples.jsonl``: tokenize, prefill with the
+method patched into the model (timed, synchronised), decode greedily (dense attention), score,
+and append one line. The model is patched once for the whole run; per-example statistics come
+from a ``StatsRecorder`` reset before each example.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.example import Example
+from benchmarks.metrics import METRICS
+from benchmarks.results import ResultWriter, summarize_by
+from methods.hf_patch import StatsRecorder, patched
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """End-of-sequence ids: the generation config's (int or list) plus the tokenizer's."""
+    ids: set[int] = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, stop_ids: set[int],
+                    newline_ids: set[int] | None = None) -> tuple[list[int], float]:
+    """Greedy decoding of ``input_ids [1, N]``; returns (new token ids, prefill milliseconds).
+
+    Stops after a stop token (not returned), after a token in ``newline_ids`` (returned), or at
+    ``max_new_tokens``. Prefill time covers the full forward pass over the prompt.
+    """
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    cache = DynamicCache()
+    _sync(device)
+    start = time.perf_counter()
+    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    _sync(device)
+    prefill_ms = (time.perf_counter() - start) * 1e3
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(logits.argmax(-1))
+        if token in stop_ids:
+            break
+        new.append(token)
+        if newline_ids and token in newline_ids:
+            break
+        step = torch.tensor([[token]], device=device)
+        logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
+    return new, prefill_ms
+
+
+def score_example(bench, example: Example, prediction: str) -> float:
+    """The benchmark's own ``score`` if it has one (per-dataset post-processing), else the metric."""
+    if hasattr(bench, "score"):
+        return float(bench.score(example, prediction))
+    return float(METRICS[example.metric](prediction, example.targets, example.meta))
+
+
+def _newline_ids(tokenizer) -> set[int]:
+    """Vocabulary ids whose text contains a newline (for ``meta['stop_at_newline']``)."""
+    return {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
+
+
+def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) -> dict[str, Any]:
+    """Scores x100 per task, per (task, length), per length (mean over tasks) and overall."""
+    by_task_len = summarize_by(rows, ["task", "length"], "score")
+    scores: dict[str, dict[str, float]] = {}
+    for r in by_task_len:
+        scores.setdefault(r["task"], {})[str(r["length"])] = round(100 * r["score"], 2)
+    lengths = sorted({str(r["length"]) for r in rows}, key=int)
+    by_length = {n: round(sum(s[n] for s in scores.values() if n in s)
+                          / max(1, sum(n in s for s in scores.values())), 2) for n in lengths}
+    present = sorted(scores)
+    return {
+        "scores": scores,
+        "score_by_task": {t: round(100 * r["score"], 2) for t, r in
+                          ((r["task"], r) for r in summarize_by(rows, ["task"], "score"))},
+        "score_by_length": by_length,
+        "score_avg": round(sum(by_length.values()) / max(1, len(by_length)), 2),
+        "n_samples": len(rows),
+        "prefill_ms_mean": sum(r["prefill_ms"] for r in rows) / max(1, len(rows)),
+        "density_mean": sum(r["density"] for r in rows) / max(1, len(rows)),
+        "dense_fallbacks": sum(r["dense_fallbacks"] for r in rows),
+        "unavailable_tasks": sorted(set(requested_tasks or present) - set(present)),
+    }
+
+
+def run_generation(bench, bench_cfg, model, tokenizer, method, writer: ResultWriter,
+                   device: torch.device, logger=None) -> dict[str, Any]:
+    """Run ``bench`` (a module with ``load_examples``) with ``method``; return the summary."""
+    examples = bench.load_examples(bench_cfg, tokenizer)
+    if not examples:
+        raise RuntimeError(f"benchmark {bench_cfg.get('name')} produced no examples: check its data and config")
+    done = writer.done_ids()
+    todo = [ex for ex in examples if ex.id not in done]
+    print(f"[{bench_cfg.get('name')}] {len(examples)} examples, {len(examples) - len(todo)} already done")
+    stop_ids = stop_token_ids(model, tokenizer)
+    newline_ids = _newline_ids(tokenizer) if any(ex.meta.get("stop_at_newline") for ex in todo) else None
+    recorder = StatsRecorder()
+    with patched(model, method, recorder):
+        for ex in tqdm(todo, desc=str(bench_cfg.get("name")), unit="ex"):
+            ids = tokenizer(ex.prompt, add_special_tokens=ex.add_special_tokens, return_tensors="pt").input_ids
+            recorder.reset()
+            new, prefill_ms = greedy_generate(model, ids.to(device), ex.max_new_tokens, stop_ids,
+                                              newline_ids if ex.meta.get("stop_at_newline") else None)
+            prediction = tokenizer.decode(new, skip_special_tokens=True)
+            row = {"id": ex.id, "task": ex.task, "length": ex.length, "input_tokens": ids.shape[1],
+                   "prediction": prediction, "targets": ex.targets, "metric": ex.metric,
+                   "score": score_example(bench, ex, prediction), "prefill_ms": prefill_ms,
+                   "density": recorder.prefill_density(), "dense_fallbacks": recorder.dense_fallbacks(),
+                   "meta": ex.meta}
+            writer.append(row)
+            if logger is not None:
+                logger.log({"score": row["score"], "prefill_ms": prefill_ms, "density": row["density"]})
+    tasks = bench_cfg.get("tasks") or bench_cfg.get("datasets")
+    return summarize(writer.rows(), list(tasks) if tasks else None)
