@@ -37,11 +37,12 @@ def stop_token_ids(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, stop_ids: set[int],
-                    newline_ids: set[int] | None = None) -> tuple[list[int], float]:
+                    newline_id: int | None = None) -> tuple[list[int], float]:
     """Greedy decoding of ``input_ids [1, N]``; returns (new token ids, prefill milliseconds).
 
-    Stops after a stop token (not returned), after a token in ``newline_ids`` (returned), or at
-    ``max_new_tokens``. Prefill time covers the full forward pass over the prompt.
+    Stops after a stop token (not returned) or at ``max_new_tokens``. With ``newline_id`` (LongBench
+    samsum) that token also stops generation, and neither it nor a stop token may come first
+    (the official ``min_length=context+1``). Prefill time covers the forward pass over the prompt.
     """
     from transformers import DynamicCache
 
@@ -53,12 +54,15 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, stop_id
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
     new: list[int] = []
-    for _ in range(max_new_tokens):
+    banned_first = sorted(stop_ids | {newline_id}) if newline_id is not None else []
+    for step in range(max_new_tokens):
+        if step == 0 and banned_first:
+            logits[:, banned_first] = float("-inf")
         token = int(logits.argmax(-1))
         if token in stop_ids:
             break
         new.append(token)
-        if newline_ids and token in newline_ids:
+        if token == newline_id:
             break
         step = torch.tensor([[token]], device=device)
         logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
@@ -72,9 +76,9 @@ def score_example(bench, example: Example, prediction: str) -> float:
     return float(METRICS[example.metric](prediction, example.targets, example.meta))
 
 
-def _newline_ids(tokenizer) -> set[int]:
-    """Vocabulary ids whose text contains a newline (for ``meta['stop_at_newline']``)."""
-    return {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
+def newline_token_id(tokenizer) -> int:
+    """The id official LongBench stops samsum at: ``tokenizer.encode("\n", add_special_tokens=False)[-1]``."""
+    return tokenizer.encode("\n", add_special_tokens=False)[-1]
 
 
 def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) -> dict[str, Any]:
@@ -111,14 +115,14 @@ def run_generation(bench, bench_cfg, model, tokenizer, method, writer: ResultWri
     todo = [ex for ex in examples if ex.id not in done]
     print(f"[{bench_cfg.get('name')}] {len(examples)} examples, {len(examples) - len(todo)} already done")
     stop_ids = stop_token_ids(model, tokenizer)
-    newline_ids = _newline_ids(tokenizer) if any(ex.meta.get("stop_at_newline") for ex in todo) else None
+    newline_id = newline_token_id(tokenizer)
     recorder = StatsRecorder()
     with patched(model, method, recorder):
         for ex in tqdm(todo, desc=str(bench_cfg.get("name")), unit="ex"):
             ids = tokenizer(ex.prompt, add_special_tokens=ex.add_special_tokens, return_tensors="pt").input_ids
             recorder.reset()
             new, prefill_ms = greedy_generate(model, ids.to(device), ex.max_new_tokens, stop_ids,
-                                              newline_ids if ex.meta.get("stop_at_newline") else None)
+                                              newline_id if ex.meta.get("stop_at_newline") else None)
             prediction = tokenizer.decode(new, skip_special_tokens=True)
             row = {"id": ex.id, "task": ex.task, "length": ex.length, "input_tokens": ids.shape[1],
                    "prediction": prediction, "targets": ex.targets, "metric": ex.metric,
