@@ -82,20 +82,21 @@ def newline_token_id(tokenizer) -> int:
 
 
 def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) -> dict[str, Any]:
-    """Scores x100 per task, per (task, length), per length (mean over tasks) and overall."""
-    by_task_len = summarize_by(rows, ["task", "length"], "score")
-    scores: dict[str, dict[str, float]] = {}
-    for r in by_task_len:
-        scores.setdefault(r["task"], {})[str(r["length"])] = round(100 * r["score"], 2)
+    """Scores x100 per task, per (task, length), per length (mean over tasks) and overall.
+
+    Means are taken on unrounded values; only the reported numbers are rounded (2 decimals).
+    """
+    raw: dict[str, dict[str, float]] = {}
+    for r in summarize_by(rows, ["task", "length"], "score"):
+        raw.setdefault(r["task"], {})[str(r["length"])] = 100 * r["score"]
     lengths = sorted({str(r["length"]) for r in rows}, key=int)
-    by_length = {n: round(sum(s[n] for s in scores.values() if n in s)
-                          / max(1, sum(n in s for s in scores.values())), 2) for n in lengths}
-    present = sorted(scores)
+    by_length = {n: sum(s[n] for s in raw.values() if n in s) / max(1, sum(n in s for s in raw.values()))
+                 for n in lengths}
+    present = sorted(raw)
     return {
-        "scores": scores,
-        "score_by_task": {t: round(100 * r["score"], 2) for t, r in
-                          ((r["task"], r) for r in summarize_by(rows, ["task"], "score"))},
-        "score_by_length": by_length,
+        "scores": {t: {n: round(v, 2) for n, v in s.items()} for t, s in raw.items()},
+        "score_by_task": {r["task"]: round(100 * r["score"], 2) for r in summarize_by(rows, ["task"], "score")},
+        "score_by_length": {n: round(v, 2) for n, v in by_length.items()},
         "score_avg": round(sum(by_length.values()) / max(1, len(by_length)), 2),
         "n_samples": len(rows),
         "prefill_ms_mean": sum(r["prefill_ms"] for r in rows) / max(1, len(rows)),
