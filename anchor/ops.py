@@ -38,6 +38,17 @@ def triton_available(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Resolve a ``backend`` setting: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
+    ``torch`` (the fp32 reference) or ``auto`` (Triton on CUDA tensors, the reference otherwise:
+    the interpreter is for tests, far too slow for real work)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
+    if backend == "triton" and not triton_available(x):
+        raise RuntimeError("backend 'triton' needs CUDA tensors or TRITON_INTERPRET=1")
+    return backend == "triton" or (backend == "auto" and x.is_cuda)
+
+
 def _config(table: dict, x: torch.Tensor, head_dim: int) -> dict:
     """The launch configuration for ``head_dim``; warps/stages dropped off CUDA."""
     cfg = dict(table["small" if head_dim <= 64 else "large"])
@@ -231,7 +242,7 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
             ``h // (Hq // Hkv)``; K/V are never repeated). fp16/bf16 (fp32 for the CPU
             interpreter). Any ``N``; ``D`` any size up to 256 (padded to a power of two inside).
         params: hyperparameters (``conf/method/anchor.yaml`` holds the defaults).
-        backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (Triton when available).
+        backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (see ``use_triton``).
         dense_if_complete: when the selection kept every candidate of every group (the result
             is then exactly dense causal attention), compute stage 3's share with dense SDPA
             (cuDNN on CUDA) instead of the sparse kernel. Counted as a dense fallback: stats
@@ -253,12 +264,8 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
     B, Hq, Hkv, Lq, N, D = check_qkv(q, k, v)
     if Lq != N:
         raise ValueError(f"anchor_attention is a full prefill (Lq == Lk); got Lq={Lq}, Lk={N}")
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
-    if backend == "torch" or (backend == "auto" and not triton_available(q)):
+    if not use_triton(backend, q):
         return anchor_attention_reference(q, k, v, params, zero_anchor=zero_anchor)
-    if not triton_available(q):
-        raise RuntimeError("Triton backend needs CUDA tensors or TRITON_INTERPRET=1")
     if D > 256:
         raise ValueError(f"head_dim {D} > 256 is not supported")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -287,4 +294,4 @@ def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
 
 
 __all__ = ["anchor_attention", "run_stage1", "run_selection", "run_sparse", "sparse_attention",
-           "selection_key_mask", "Stage1Result", "Selection", "triton_available"]
+           "selection_key_mask", "Stage1Result", "Selection", "triton_available", "use_triton"]

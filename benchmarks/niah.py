@@ -61,10 +61,8 @@ CITIES = (
     "Budapest", "Lisbon", "Nairobi",
 )
 
-DEFAULTS: dict[str, Any] = {
-    "min_length": 1000, "max_length": 8000, "n_lengths": 8, "n_depths": 9, "rounds": 1,
-    "buffer": 200, "seed": 42, "chat_template": False, "essays_dir": None,
-}
+SETTINGS = ("min_length", "max_length", "n_lengths", "n_depths", "rounds", "buffer", "seed", "chat_template",
+            "essays_dir")
 
 
 def grid(min_length: int, max_length: int, n_lengths: int, n_depths: int) -> tuple[list[int], list[int]]:
@@ -124,13 +122,16 @@ def insert_needle(context: list[int], needle: list[int], depth: int, has_period)
 
 
 def _cfg(bench_cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """Bench settings (dict or DictConfig) over ``DEFAULTS``; unknown keys are left alone."""
-    return {key: bench_cfg.get(key, default) if bench_cfg is not None else default
-            for key, default in DEFAULTS.items()}
+    """The ``SETTINGS`` keys of ``bench_cfg`` (dict or DictConfig; values in ``conf/bench/niah.yaml``,
+    ``essays_dir`` may be null); unknown keys are left alone."""
+    missing = [key for key in SETTINGS if key not in bench_cfg]
+    if missing:
+        raise KeyError(f"NIAH settings missing {missing}: start from conf/bench/niah.yaml")
+    return {key: bench_cfg.get(key) for key in SETTINGS}
 
 
 def load_examples(bench_cfg, tokenizer) -> list[Example]:
-    """All NIAH examples of the grid: rounds x lengths x depths (``bench_cfg`` keys: ``DEFAULTS``).
+    """All NIAH examples of the grid: rounds x lengths x depths (``bench_cfg`` keys: ``SETTINGS``).
 
     Raises:
         ValueError: a bad grid, or a length too short for buffer + needle.

@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from anchor.ops import anchor_attention, run_selection, run_stage1, selection_key_mask, triton_available
+from anchor.ops import anchor_attention, run_selection, run_stage1, selection_key_mask, use_triton
 from anchor.params import AnchorParams
 from anchor.reference import anchor_selection_reference, attended_mask
 from anchor.stats import AttentionStats, dense_stats
@@ -55,7 +55,7 @@ class AnchorMethod:
         Uses the same backend as ``__call__`` to decide the selection.
         """
         params = dataclasses.replace(self.params, sm_scale=sm_scale) if sm_scale is not None else self.params
-        if self.backend != "torch" and triton_available(q):
+        if use_triton(self.backend, q):
             s1 = run_stage1(q, k, v, params)
             if self.zero_anchor:
                 s1.abar.zero_()

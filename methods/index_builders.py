@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from anchor.ops import sparse_attention, triton_available
+from anchor.ops import sparse_attention, use_triton
 from anchor.reference import sparse_attention_reference
 from anchor.sparse_index import SparseIndex, index_from_counts
 from methods.base import AttendedSet
@@ -31,7 +31,7 @@ ID_BUDGET = 2 ** 26          # key ids (upper bound) built at once by ``index_fr
 
 
 def check_backend(backend: str) -> None:
-    """Raise unless ``backend`` is ``auto`` (Triton when available), ``triton`` or ``torch``."""
+    """Raise unless ``backend`` is ``auto`` (Triton on CUDA), ``triton`` or ``torch``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
@@ -48,13 +48,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex
 
     ``triton`` runs ``anchor.ops.sparse_attention`` (CUDA, or CPU under ``TRITON_INTERPRET=1``);
     ``torch`` the fp32 ``sparse_attention_reference`` (materialises ``[B, Hq, Lq, Lk]``: small
-    inputs only); ``auto`` picks Triton when available.
+    inputs only); ``auto``: Triton on CUDA, the reference otherwise (``anchor.ops.use_triton``).
     """
     check_backend(backend)
-    if backend == "torch" or (backend == "auto" and not triton_available(q)):
+    if not use_triton(backend, q):
         return sparse_attention_reference(q, k, v, index, sm_scale=sm_scale, causal=True)
-    if not triton_available(q):
-        raise RuntimeError("backend 'triton' needs CUDA tensors or TRITON_INTERPRET=1")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, _ = sparse_attention(q, k, v, index, sm_scale=sm_scale, causal=True)
     return out

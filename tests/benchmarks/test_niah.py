@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import niah
 
 PREFIX, SUFFIX = niah.TEMPLATE.split("{context}")
 SUFFIX_START = SUFFIX.split("{question}")[0]
+
+BASE = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf/bench/niah.yaml").read_text())
 
 
 class WordTokenizer:
@@ -97,16 +101,16 @@ def test_grid_matches_paper():
 
 
 def test_default_config_file(repo_root):
-    import yaml
-
     conf = yaml.safe_load((repo_root / "conf" / "bench" / "niah.yaml").read_text())
-    assert {k: conf[k] for k in niah.DEFAULTS} == niah.DEFAULTS
+    assert set(niah.SETTINGS) <= set(conf)
     assert conf["name"] == "niah" and conf["runner"] == "generate"
+    with pytest.raises(KeyError, match="rounds"):
+        niah.load_examples({k: v for k, v in conf.items() if k != "rounds"}, WordTokenizer())
 
 
 def test_fake_tokenizer_grid(essays_dir):
     tok = WordTokenizer()
-    cfg = {"min_length": 1000, "max_length": 3000, "n_lengths": 3, "n_depths": 5, "rounds": 2,
+    cfg = {**BASE, "min_length": 1000, "max_length": 3000, "n_lengths": 3, "n_depths": 5, "rounds": 2,
            "essays_dir": str(essays_dir)}
     examples = niah.load_examples(cfg, tok)
     check_examples(examples, tok, [1000, 2000, 3000],
@@ -121,7 +125,7 @@ def test_fake_tokenizer_grid(essays_dir):
 
 
 def test_chat_template_and_errors(essays_dir):
-    cfg = {"min_length": 1000, "max_length": 1000, "n_lengths": 1, "n_depths": 2,
+    cfg = {**BASE, "min_length": 1000, "max_length": 1000, "n_lengths": 1, "n_depths": 2,
            "essays_dir": str(essays_dir), "chat_template": True}
     examples = niah.load_examples(cfg, WordTokenizer())
     assert all(e.prompt.startswith("<user>" + PREFIX) and e.prompt.endswith("</user><assistant>")
@@ -152,7 +156,7 @@ def test_real_tokenizer_and_essays(smollm2_tokenizer):
     except RuntimeError as err:
         pytest.skip(f"essays unavailable: {err}")
     tok = smollm2_tokenizer
-    cfg = {"min_length": 2000, "max_length": 6000, "n_lengths": 2, "n_depths": 5, "rounds": 2}
+    cfg = {**BASE, "min_length": 2000, "max_length": 6000, "n_lengths": 2, "n_depths": 5, "rounds": 2}
     examples = niah.load_examples(cfg, tok)
     check_examples(examples, tok, [2000, 6000],
                    [0, 25, 50, 75, 100], rounds=2)
