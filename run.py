@@ -71,14 +71,16 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     import methods  # noqa: F401  (methods/__init__.py imports every method module: registration)
+    from benchmarks.analysis import run_analysis
     from benchmarks.generate import run_generation
     from benchmarks.results import ResultWriter
     from benchmarks.smoke import run_smoke
     from methods.registry import get_method
 
     benches = ("ruler", "longbench", "niah")       # modules of benchmarks/ run by the generation runner
-    if cfg.bench.runner not in ("smoke", "generate"):
-        raise ValueError(f"unknown bench.runner {cfg.bench.runner!r} in bench={cfg.bench.name}; use smoke or generate")
+    if cfg.bench.runner not in ("smoke", "generate", "analysis"):
+        raise ValueError(f"unknown bench.runner {cfg.bench.runner!r} in bench={cfg.bench.name}; "
+                         "use smoke, generate or analysis")
     if cfg.bench.runner == "generate" and cfg.bench.name not in benches:
         raise ValueError(f"unknown benchmark {cfg.bench.name!r}; available: {sorted(benches)}")
     seed_everything(int(cfg.seed))
@@ -92,8 +94,12 @@ def main(cfg: DictConfig) -> None:
         model, tokenizer = _load_model(OmegaConf.to_yaml(cfg.model), device)
         if tokenizer is None:
             raise ValueError(f"model {cfg.model.name} has no tokenizer: benchmarks need one (set tokenizer_from)")
-        bench = importlib.import_module(f"benchmarks.{cfg.bench.name}")
-        summary = run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device), logger)
+        if cfg.bench.runner == "analysis":        # sweeps its own methods (bench.sweep), not cfg.method
+            summary = run_analysis(cfg.bench, model, tokenizer, writer, torch.device(device))
+        else:
+            bench = importlib.import_module(f"benchmarks.{cfg.bench.name}")
+            summary = run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device),
+                                     logger)
     path = writer.finish(summary)
     if logger is not None:
         logger.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})

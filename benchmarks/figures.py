@@ -1,0 +1,395 @@
+"""Figures and tables of the AnchorAttention paper, rebuilt from analysis runs' result files only.
+
+``python -m benchmarks.figures <run folders...> --out results/figures``
+
+Reads every ``samples.jsonl`` under the given folders (runs of ``bench=analysis``, see
+``benchmarks/analysis.py``; rows of other benchmarks are ignored). Metric names are never mixed:
+``mass_recall`` (dense softmax mass on the attended keys), ``output_recall_<tol>`` (fraction of
+output elements within ``tol`` of fp32 dense, the AnchorAttention code's "recall") and
+``sparsity = 1 - density_sparse`` (attended pairs, estimation stages excluded; ``sparsity_all_stages
+= 1 - density`` counts the estimation work too). Means are over layers x heads. Written to ``--out``:
+
+* ``fig6a_recall_vs_sparsity_N<len>.png`` (+ ``fig6_points_N<len>.csv``): one curve per method
+  label over its sweep, one panel per recall metric (paper Fig. 6a);
+* ``fig6b_latency_vs_recall.png``: latency (synthetic inputs, ``--latency-length``) against recall
+  on real attention (``--length``), per setting (Fig. 6b);
+* ``fig6c_latency_vs_length.{png,csv}``: latency per method at one setting per label (Fig. 6c);
+* ``table1_block_vs_stripe.{md,csv}``: block (128x128 tiles at the default ``block_size``) vs
+  stripe (128x1) oracles: for each target recall, the highest sparsity a measured setting reaches
+  with mean recall >= target (Table 1), plus ``table1_points.{md,csv}``;
+* ``table4_anchor_ablation.{md,csv}``: anchor vs anchor_zero over theta (Table 4);
+* ``fig4_heatmap_<recall>_N<len>.png`` and ``fig8_heatmap_sparsity_N<len>.png`` (+ CSV): layer x
+  head maps for oracle_topk_stripe, oracle_topcdf_stripe and anchor (Figs. 4, 8; 9/10 on other text);
+* ``figures.md``: what was written, what was skipped and why.
+
+"One setting per label" (Fig. 6c, heatmaps): ``--setting label=setting`` if given, else the
+setting equal to the ``conf/method`` default, else the middle one of the sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.report import find_runs, read_samples
+from benchmarks.results import SAMPLES
+from benchmarks.tables import markdown_table
+
+TABLE1_PAIRS = {"top-k": ("oracle_topk_block", "oracle_topk_stripe"),
+                "top-cdf": ("oracle_topcdf_block", "oracle_topcdf_stripe")}
+TABLE1_TARGETS = (0.80, 0.85, 0.90, 0.95, 0.99)
+TABLE4_LABELS = {"anchor": "With Anchor", "anchor_zero": "Without Anchor"}
+TABLE4_THETAS = (10.0, 11.0, 12.0, 13.0, 14.0, 15.0)
+HEATMAP_LABELS = ("oracle_topk_stripe", "oracle_topcdf_stripe", "anchor")
+DEFINITIONS = (
+    "Definitions: mass_recall = dense softmax mass on the attended keys; output_recall_<tol> = fraction "
+    "of output elements within tol of the fp32 dense output (the AnchorAttention code's 'recall'); "
+    "sparsity = 1 - density_sparse (attended pairs / causal pairs, estimation stages excluded); "
+    "sparsity_all_stages = 1 - density (estimation work counted). Accuracy means are over layers x "
+    "heads of real attention captured from the model; latency is the do_bench median on synthetic "
+    "inputs (shapes in the figure titles).")
+LABEL_ORDER = ("dense", "anchor", "anchor_zero", "anchor_g512", "flexprefill", "vertical_slash", "streaming",
+               "oracle_topk_stripe", "oracle_topk_block", "oracle_topcdf_stripe", "oracle_topcdf_block")
+KEYS = ["label", "setting", "length"]
+MEANS = ["density", "density_sparse", "sparsity", "sparsity_all_stages", "relative_error", "layer_ms"]
+
+
+def load_analysis(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(accuracy rows, latency rows)`` of every run under ``paths`` (one row per sample).
+
+    Adds ``run``, ``sparsity`` and ``sparsity_all_stages``; ``value`` lists become JSON strings.
+    A sample id seen in several runs (same model) keeps its last copy, with a warning.
+    """
+    paths = list(paths)
+    rows = [{**r, "run": str(run)} for run in find_runs(paths) for r in read_samples(run / SAMPLES)
+            if r.get("kind") in ("accuracy", "latency")]
+    if not rows:
+        raise FileNotFoundError(f"no analysis samples under {', '.join(map(str, paths))}")
+    df = pd.DataFrame(rows)
+    for col in ("model", "value"):
+        if col not in df:
+            df[col] = None
+    df["value"] = df["value"].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    dup = df.duplicated(["model", "id"], keep="last")
+    if dup.any():
+        warnings.warn(f"{int(dup.sum())} samples appear in several runs; keeping the last", stacklevel=2)
+        df = df[~dup]
+    acc = df[df["kind"] == "accuracy"].copy()
+    if not acc.empty:
+        acc["layer"] = acc["layer"].astype(int)              # float after the concat with latency rows
+        acc["head"] = acc["head"].map(lambda h: int(h) if isinstance(h, float) else h)   # int or "mean"
+        acc["sparsity"] = 1 - acc["density_sparse"]
+        acc["sparsity_all_stages"] = 1 - acc["density"]
+    return acc.reset_index(drop=True), df[df["kind"] == "latency"].reset_index(drop=True)
+
+
+def recall_metrics(acc: pd.DataFrame) -> list[str]:
+    """``mass_recall`` then the ``output_recall_<tol>`` columns, loosest tolerance first."""
+    outs = sorted((c for c in acc.columns if c.startswith("output_recall_")),
+                  key=lambda c: -float(c.rsplit("_", 1)[1]))
+    return ["mass_recall", *outs]
+
+
+def metric_title(metric: str) -> str:
+    """Axis label naming exactly what a metric column measures."""
+    if metric == "mass_recall":
+        return "mass recall (dense softmax mass on attended keys)"
+    if metric.startswith("output_recall_"):
+        return f"output recall (fraction of |out - dense| < {metric.rsplit('_', 1)[1]})"
+    return {"sparsity": "sparsity (1 - attended density)"}.get(metric, metric)
+
+
+def curve_points(acc: pd.DataFrame, length: int | None = None) -> pd.DataFrame:
+    """Per (label, setting, length) means over layers x heads (of ``length`` only, if given)."""
+    part = acc if length is None else acc[acc["length"] == length]
+    cols = [c for c in MEANS + recall_metrics(part) if c in part]
+    means = part.groupby(KEYS, sort=False)[cols].mean()
+    first = part.groupby(KEYS, sort=False)[["param", "value", "is_default", "model"]].first()
+    return first.join(means).join(part.groupby(KEYS, sort=False).size().rename("n_rows")).reset_index()
+
+
+def default_length(df: pd.DataFrame, length: int | None) -> int:
+    """``length`` if given, else the longest length in ``df``."""
+    return int(length) if length is not None else int(df["length"].max())
+
+
+def fixed_settings(df: pd.DataFrame, chosen: Mapping[str, str] | None = None) -> dict[str, str]:
+    """One setting per label: ``chosen``, else the conf default, else the middle of the sweep."""
+    out = {}
+    for label, part in df.groupby("label", sort=False):
+        settings = list(dict.fromkeys(part["setting"]))
+        defaults = list(dict.fromkeys(part.loc[part["is_default"].astype(bool), "setting"]))
+        out[label] = (chosen or {}).get(label) or (defaults[0] if defaults else settings[len(settings) // 2])
+    return out
+
+
+def _colors(labels: Iterable[str]) -> dict[str, tuple]:
+    """A color per label, the same in every figure for the labels of ``LABEL_ORDER``."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    extra = sorted(set(labels) - set(LABEL_ORDER))
+    order = [*LABEL_ORDER, *extra]
+    return {label: cmap((2 * order.index(label) + order.index(label) // 10) % cmap.N) for label in set(labels)}
+
+
+def _figure(n_panels: int, width: float = 5.5, height: float = 4.5):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * n_panels, height))
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def fig6a(acc: pd.DataFrame, out: Path, length: int | None = None) -> list[Path]:
+    """Recall vs sparsity, one curve per label, one panel per recall metric (Fig. 6a)."""
+    length = default_length(acc, length)
+    pts = curve_points(acc, length)
+    metrics, colors = recall_metrics(acc), _colors(pts["label"])
+    fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for label, part in pts.groupby("label", sort=False):
+            part = part.sort_values("sparsity")
+            ax.plot(part["sparsity"], part[metric], "o-", color=colors[label], label=label)
+        ax.set(xlabel=metric_title("sparsity"), ylabel=metric_title(metric), title=f"{metric}, N={length}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Recall vs sparsity ({pts['model'].iloc[0]}, means over layers x heads)")
+    csv = out / f"fig6_points_N{length}.csv"
+    pts.to_csv(csv, index=False)
+    return [_save(fig, out / f"fig6a_recall_vs_sparsity_N{length}.png"), csv]
+
+
+def _shapes(lat: pd.DataFrame) -> str:
+    """The synthetic input of the latency rows, e.g. ``structured bf16, Hq=32 Hkv=8 D=128``."""
+    r = lat.iloc[0]
+    return (f"{r.get('input')} {r.get('dtype', 'bf16')}, Hq={int(r['q_heads'])} Hkv={int(r['kv_heads'])} "
+            f"D={int(r['head_dim'])}")
+
+
+def _latency_means(lat: pd.DataFrame) -> pd.DataFrame:
+    """Mean ``ms`` per (label, setting, length) of the latency rows that have one."""
+    if "ms" not in lat or lat["ms"].isna().all():
+        return pd.DataFrame(columns=[*KEYS, "ms"])
+    return lat[lat["ms"].notna()].groupby(KEYS, sort=False)[["ms"]].mean().reset_index()
+
+
+def fig6b(acc: pd.DataFrame, lat: pd.DataFrame, out: Path, length: int | None = None,
+          latency_length: int | None = None) -> list[Path]:
+    """Latency (synthetic, ``latency_length``) vs recall (real, ``length``) per setting (Fig. 6b)."""
+    if lat.empty or acc.empty:
+        return []
+    length, lat_len = default_length(acc, length), default_length(lat, latency_length)
+    times = _latency_means(lat)
+    times = times[times["length"] == lat_len].drop(columns="length")
+    pts = curve_points(acc, length).merge(times, on=["label", "setting"])
+    if pts.empty:
+        return []
+    metrics, colors = recall_metrics(acc), _colors(pts["label"])
+    fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for label, part in pts.groupby("label", sort=False):
+            part = part.sort_values("ms")
+            ax.plot(part["ms"], part[metric], "o-", color=colors[label], label=label)
+        ax.set(xlabel=f"latency ms (synthetic inputs, N={lat_len})", ylabel=metric_title(metric),
+               title=f"{metric} at N={length}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Latency vs recall: time on {_shapes(lat)}; recall on {pts['model'].iloc[0]}")
+    return [_save(fig, out / "fig6b_latency_vs_recall.png")]
+
+
+def fig6c(lat: pd.DataFrame, out: Path, chosen: Mapping[str, str] | None = None) -> list[Path]:
+    """Latency vs length, one curve per label at one setting each (Fig. 6c)."""
+    times = _latency_means(lat)
+    if times.empty:
+        return []
+    fixed = fixed_settings(lat, chosen)
+    pts = times[times.apply(lambda r: fixed.get(r["label"]) == r["setting"], axis=1)].sort_values("length")
+    colors = _colors(pts["label"])
+    fig, axes = _figure(1, width=7)
+    for label, part in pts.groupby("label", sort=False):
+        axes[0].plot(part["length"], part["ms"], "o-", color=colors[label], label=f"{label} ({fixed[label]})")
+    axes[0].set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="latency ms (do_bench median)")
+    lengths = sorted(pts["length"].unique())
+    axes[0].set_xticks(lengths, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths])
+    axes[0].minorticks_off()
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"Latency vs length ({_shapes(lat)})")
+    csv = out / "fig6c_latency_vs_length.csv"
+    pts.to_csv(csv, index=False)
+    return [_save(fig, out / "fig6c_latency_vs_length.png"), csv]
+
+
+def _write_table(df: pd.DataFrame, stem: Path, header: str) -> list[Path]:
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(f"{header}\n\n{markdown_table(df, digits=4)}\n")
+    return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+
+
+def table1_frame(pts: pd.DataFrame, metrics: Sequence[str], targets: Sequence[float] = TABLE1_TARGETS,
+                 pairs: Mapping[str, tuple[str, str]] = TABLE1_PAIRS) -> pd.DataFrame:
+    """Per (strategy, recall metric, target): each granularity's highest sparsity (%) among settings
+    whose mean recall >= target, with that setting and its recall (NaN / "-" when none reaches it)."""
+    rows = []
+    for strategy, labels in pairs.items():
+        if not set(labels) & set(pts["label"]):
+            continue
+        for metric in metrics:
+            for target in targets:
+                row = {"strategy": strategy, "recall_metric": metric, "target_recall_%": 100 * target}
+                for gran, label in zip(("block", "stripe"), labels):
+                    cand = pts[(pts["label"] == label) & (pts[metric] >= target)]
+                    best = cand.loc[cand["sparsity"].idxmax()] if not cand.empty else None
+                    row[f"{gran}_setting"] = best["setting"] if best is not None else "-"
+                    row[f"{gran}_recall_%"] = 100 * best[metric] if best is not None else math.nan
+                    row[f"{gran}_sparsity_%"] = 100 * best["sparsity"] if best is not None else math.nan
+                row["stripe_minus_block_sparsity_%"] = row["stripe_sparsity_%"] - row["block_sparsity_%"]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1(acc: pd.DataFrame, out: Path, length: int | None = None) -> list[Path]:
+    """Table 1 (block vs stripe at equal recall) and its measured points, markdown + CSV."""
+    length = default_length(acc, length)
+    pts = curve_points(acc, length)
+    labels = {label for pair in TABLE1_PAIRS.values() for label in pair}
+    pts = pts[pts["label"].isin(labels)]
+    if pts.empty:
+        return []
+    metrics = recall_metrics(acc)
+    frame = table1_frame(pts, metrics)
+    header = (f"# Table 1: block (query block x key tile) vs stripe (query block x 1 key) oracle selection, "
+              f"N={length}\n\n"
+              "Per target recall: the highest sparsity (1 - attended density, %) among the measured settings "
+              "whose mean recall (over layers x heads) is at least the target; '-' when none reaches it.")
+    points = pts[["label", "setting", "length", *metrics, "sparsity"]].copy()
+    points[[*metrics, "sparsity"]] *= 100
+    points.columns = [c if c in ("label", "setting", "length") else f"{c}_%" for c in points.columns]
+    return (_write_table(frame, out / "table1_block_vs_stripe", header)
+            + _write_table(points, out / "table1_points", f"# Table 1 measured points (%), N={length}"))
+
+
+def table4(acc: pd.DataFrame, lat: pd.DataFrame, out: Path, length: int | None = None,
+           latency_length: int | None = None, thetas: Sequence[float] = TABLE4_THETAS) -> list[Path]:
+    """Table 4: anchor vs anchor_zero per theta: sparsity, recalls, real-layer ms, synthetic latency."""
+    length = default_length(acc, length)
+    pts = curve_points(acc, length)
+    pts = pts[pts["label"].isin(list(TABLE4_LABELS)) & (pts["param"] == "theta")].copy()
+    pts["theta"] = pts["value"].astype(float)
+    pts = pts[pts["theta"].isin([float(t) for t in thetas])]
+    pts = pts.assign(order=pts["label"].map(list(TABLE4_LABELS).index)).sort_values(["order", "theta"])
+    if pts.empty:
+        return []
+    metrics = recall_metrics(acc)
+    table = pd.DataFrame({"variant": pts["label"].map(TABLE4_LABELS), "theta": pts["theta"],
+                          "sparsity_%": 100 * pts["sparsity"],
+                          "sparsity_all_stages_%": 100 * pts["sparsity_all_stages"],
+                          **{f"{m}_%": 100 * pts[m] for m in metrics},
+                          "relative_error": pts["relative_error"], "layer_ms": pts["layer_ms"]})
+    note = ""
+    if not lat.empty:
+        lat_len = default_length(lat, latency_length)
+        times = _latency_means(lat)
+        times = times[times["length"] == lat_len].set_index(["label", "setting"])["ms"]
+        table[f"latency_ms_N{lat_len}"] = [times.get((r.label, r.setting), math.nan) for r in pts.itertuples()]
+        note = f" latency_ms_N{lat_len}: do_bench median on synthetic inputs of {lat_len} tokens."
+    header = (f"# Table 4: anchor ablation, N={length} ({pts['model'].iloc[0]})\n\n"
+              "sparsity = 1 - attended density (estimation excluded); sparsity_all_stages counts it; "
+              "recalls are means over layers x heads; layer_ms: mean wall time of one method call on a "
+              f"captured layer.{note}")
+    return _write_table(table, out / "table4_anchor_ablation", header)
+
+
+def heatmaps(acc: pd.DataFrame, out: Path, length: int | None = None,
+             chosen: Mapping[str, str] | None = None) -> list[Path]:
+    """Layer x head maps of each recall metric (Fig. 4) and of sparsity (Fig. 8), one panel per label."""
+    length = default_length(acc, length)
+    part = acc[(acc["length"] == length) & acc["label"].isin(HEATMAP_LABELS)]
+    if part.empty:
+        return []
+    fixed = fixed_settings(part, chosen)
+    part = part[part.apply(lambda r: fixed[r["label"]] == r["setting"], axis=1)]
+    labels = [label for label in HEATMAP_LABELS if label in set(part["label"])]
+    metrics = recall_metrics(acc)
+    written = []
+    for metric in [*metrics, "sparsity"]:
+        fig, axes = _figure(len(labels), width=4.5, height=5)
+        for ax, label in zip(axes, labels):
+            grid = part[part["label"] == label].pivot_table(index="layer", columns="head", values=metric)
+            image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto",
+                              interpolation="nearest")
+            ax.set(xlabel="head", ylabel="layer", title=f"{label} ({fixed[label]})\nmean {grid.stack().mean():.3f}")
+            ax.set_yticks(range(len(grid.index)), [str(i) for i in grid.index], fontsize=6)
+            ax.set_xticks(range(len(grid.columns)), [str(h) for h in grid.columns], fontsize=6)
+            fig.colorbar(image, ax=ax)
+        fig.suptitle(f"{metric_title(metric)}, N={length}")
+        name = "fig8_heatmap_sparsity" if metric == "sparsity" else f"fig4_heatmap_{metric}"
+        written.append(_save(fig, out / f"{name}_N{length}.png"))
+    csv = out / f"heatmaps_N{length}.csv"
+    part[["label", "setting", "layer", "head", *metrics, "sparsity"]].to_csv(csv, index=False)
+    return written + [csv]
+
+
+def write_figures(paths: Iterable[str | Path], out: str | Path, length: int | None = None,
+                  latency_length: int | None = None, chosen: Mapping[str, str] | None = None) -> list[Path]:
+    """Every figure and table the data allows, plus ``figures.md``; returns the written paths."""
+    paths = list(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc, lat = load_analysis(paths)
+    need_acc, need_lat = "no accuracy rows", "no latency rows (the latency part runs on CUDA only)"
+    parts = [  # (name, needs, what is missing otherwise, maker)
+        ("Fig. 6a recall vs sparsity", [acc], need_acc, lambda: fig6a(acc, out, length)),
+        ("Fig. 6b latency vs recall", [acc, lat], f"{need_acc} or {need_lat}, or no setting in both",
+         lambda: fig6b(acc, lat, out, length, latency_length)),
+        ("Fig. 6c latency vs length", [lat], need_lat, lambda: fig6c(lat, out, chosen)),
+        ("Table 1 block vs stripe", [acc], "no rows of " + ", ".join(sorted({x for p in TABLE1_PAIRS.values()
+                                                                          for x in p})),
+         lambda: table1(acc, out, length)),
+        ("Table 4 anchor ablation", [acc], "no theta sweep of anchor / anchor_zero",
+         lambda: table4(acc, lat, out, length, latency_length)),
+        ("Figs. 4/8 heatmaps", [acc], "no rows of " + ", ".join(HEATMAP_LABELS),
+         lambda: heatmaps(acc, out, length, chosen)),
+    ]
+    written, lines = [], []
+    for name, needs, missing, make in parts:
+        files = make() if all(not df.empty for df in needs) else []
+        written += files
+        lines.append(f"- {name}: " + (", ".join(f"[{p.name}]({p.name})" for p in files) if files
+                                      else f"skipped: {missing}"))
+    index = out / "figures.md"
+    index.write_text("# Paper figures and tables\n\nRuns:\n" + "\n".join(f"- {p}" for p in paths)
+                     + "\n\n" + "\n".join(lines) + "\n\n" + DEFINITIONS + "\n")
+    return written + [index]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI (module docstring)."""
+    p = argparse.ArgumentParser(description="Paper figures/tables from analysis run folders.")
+    p.add_argument("folders", nargs="+", help="run or multirun folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--length", type=int, default=None, help="accuracy length to plot (default: longest)")
+    p.add_argument("--latency-length", type=int, default=None, help="latency length for Fig. 6b / Table 4")
+    p.add_argument("--setting", action="append", default=[], metavar="LABEL=SETTING",
+                   help="setting shown for LABEL in Fig. 6c and the heatmaps, e.g. anchor=theta=12.0")
+    args = p.parse_args(argv)
+    chosen = dict(s.split("=", 1) for s in args.setting)
+    for path in write_figures(args.folders, args.out, args.length, args.latency_length, chosen):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
