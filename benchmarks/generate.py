@@ -26,8 +26,10 @@ def _sync(device: torch.device) -> None:
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
-    """End-of-sequence ids: the generation config's (int or list) plus the tokenizer's."""
-    ids: set[int] = set()
+    """Ids that end an answer: the generation config's EOS (int or list), the tokenizer's EOS and
+    every other special token but BOS (e.g. a chat template's end-of-turn ``<|im_end|>``, which a
+    GGUF-derived generation config may not list). Special tokens never belong to an answer."""
+    ids = set(tokenizer.all_special_ids) - {tokenizer.bos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
     if tokenizer.eos_token_id is not None:
