@@ -169,17 +169,20 @@ def smollm2_folder(cache_dir: Path | str | None = None) -> Path:
     except ValueError as err:
         raise RuntimeError(f"cannot load {gguf} with transformers {transformers.__version__} "
                            f"(GGUF loading needs the `gguf` and `accelerate` packages): {err}") from err
-    # A private partial folder, renamed into place: concurrent first loads cannot mix files.
+    # A private partial folder, renamed into place: concurrent first loads cannot mix files, and a
+    # complete folder another process put in place first is never replaced (readers may be using it).
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / marker.name).write_text(json.dumps(stamp))
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
-    except OSError:
-        if not (marker.exists() and json.loads(marker.read_text()) == stamp):
-            raise
+        try:
+            partial.rename(folder)                    # fails if ``folder`` exists and is not empty
+        except OSError:
+            if marker.exists() and json.loads(marker.read_text()) == stamp:
+                return folder                         # another process finished first
+            shutil.rmtree(folder, ignore_errors=True)  # stale folder of another transformers version
+            partial.rename(folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
