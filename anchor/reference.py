@@ -155,6 +155,24 @@ def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.T
     }
 
 
+def attention_over_selection(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
+                             keys: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """fp32 ``[B, Hq, N, D]``: every row attends its stage-1 regions plus ``keys [B, Hq, n_groups, N]``
+    of its group (``attended_mask``)."""
+    B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
+    rep, scale = Hq // Hkv, params.scale(D)
+    out = torch.empty(B, Hq, N, D, dtype=torch.float32, device=q.device)
+    for b in range(B):
+        for h in range(Hq):
+            qf, kf, vf = q[b, h].float(), k[b, h // rep].float(), v[b, h // rep].float()
+            for s in range(0, N, chunk):
+                rows = torch.arange(s, min(s + chunk, N), device=q.device)
+                sc = (qf[rows] @ kf.T) * scale                           # [c, N]
+                sc.masked_fill_(~attended_mask(params, keys[b, h], rows), float("-inf"))
+                out[b, h, rows] = sc.softmax(-1) @ vf
+    return out
+
+
 def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
                                chunk: int = 512, zero_anchor: bool = False) -> tuple[torch.Tensor, AttentionStats]:
     """AnchorAttention in fp32: attention over stage-1 regions plus each group's selected keys.
@@ -162,18 +180,9 @@ def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     Returns ``(out [B, Hq, N, D] in q's dtype, AttentionStats)``; equals dense causal attention
     when ``theta`` keeps every candidate. ``zero_anchor``: see ``anchor_selection_reference``.
     """
-    B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
+    N = check_qkv(q, k, v)[4]
     sel = anchor_selection_reference(q, k, params, zero_anchor=zero_anchor)
-    rep, scale = Hq // Hkv, params.scale(D)
-    out = torch.empty_like(q)
-    for b in range(B):
-        for h in range(Hq):
-            qf, kf, vf = q[b, h].float(), k[b, h // rep].float(), v[b, h // rep].float()
-            for s in range(0, N, chunk):
-                rows = torch.arange(s, min(s + chunk, N), device=q.device)
-                sc = (qf[rows] @ kf.T) * scale                           # [c, N]
-                sc.masked_fill_(~attended_mask(params, sel.keys[b, h], rows), float("-inf"))
-                out[b, h, rows] = (sc.softmax(-1) @ vf).to(q.dtype)
+    out = attention_over_selection(q, k, v, params, sel.keys, chunk).to(q.dtype)
     counts = anchor_pair_counts(params, N, sel.keys.sum(-1))
     return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
 

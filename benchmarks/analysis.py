@@ -36,7 +36,6 @@ a list of keys each value is a list of the same length (e.g. ``[vertical_size, s
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -53,6 +52,7 @@ from benchmarks.compare_methods import _yaml, essay_tokens
 from benchmarks.kernels import bench_ms
 from benchmarks.results import ResultWriter, summarize_by
 from benchmarks.structured_inputs import make_qkv
+from benchmarks.timing import timed_call
 
 ESTIMATION_STAGES = ("select", "estimate", "oracle")   # stages that only decide what to attend
 ENTRY_KEYS = {"method", "param", "values", "overrides", "label", "latency"}
@@ -125,12 +125,6 @@ def attended_density(stats: AttentionStats) -> torch.Tensor:
     return total / max(stats.causal_pairs, 1)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued CUDA work (no-op on CPU) so wall times cover the whole call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def evaluate_layer(method, x: LayerQKV, ref: torch.Tensor, layer: int, tols: Sequence[float],
                    device: torch.device) -> list[dict[str, Any]]:
@@ -139,11 +133,7 @@ def evaluate_layer(method, x: LayerQKV, ref: torch.Tensor, layer: int, tols: Seq
     ``x.q [B, Hq, N, D]``, ``x.k, x.v [B, Hkv, N, D]``; ``ref [B, Hq, N, D]`` fp32 dense output.
     Per-head values are means over the batch (captures have ``B = 1``).
     """
-    _sync(device)
-    t0 = time.perf_counter()
-    out, stats = method(x.q, x.k, x.v, sm_scale=x.sm_scale, layer_idx=layer)
-    _sync(device)
-    ms = (time.perf_counter() - t0) * 1e3
+    out, stats, ms = timed_call(method, x, layer, device)
     attended = method.attended(x.q, x.k, x.v, sm_scale=x.sm_scale)
     mass = mass_recall(x.q, x.k, attended, x.sm_scale).mean(0)              # [Hq]
     density = stats.density_per_head().mean(0)                               # [Hq]

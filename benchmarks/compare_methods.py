@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +26,7 @@ from benchmarks.attention_metrics import mass_recall, output_recall, relative_er
 from benchmarks.capture import capture_qkv
 from benchmarks.results import environment
 from benchmarks.tables import markdown_table
+from benchmarks.timing import timed_call
 from methods.models import load_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -48,22 +48,13 @@ def essay_tokens(tokenizer, length: int) -> torch.Tensor:
     return ids
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def evaluate(method, layers: dict, refs: dict, device: torch.device) -> list[dict]:
     """Per-layer metrics of ``method`` on the captured ``layers`` against dense ``refs``."""
     first = next(iter(layers.values()))
     method(first.q, first.k, first.v, sm_scale=first.sm_scale, layer_idx=0)        # warm-up / JIT
     rows = []
     for idx, x in layers.items():
-        _sync(device)
-        t0 = time.perf_counter()
-        out, stats = method(x.q, x.k, x.v, sm_scale=x.sm_scale, layer_idx=idx)
-        _sync(device)
-        ms = (time.perf_counter() - t0) * 1e3
+        out, stats, ms = timed_call(method, x, idx, device)
         attended = method.attended(x.q, x.k, x.v, sm_scale=x.sm_scale)
         rows.append({"layer": idx, "ms": ms, "density": stats.density, "dense_fallback": stats.dense_fallback,
                      "mass_recall": float(mass_recall(x.q, x.k, attended, x.sm_scale).mean()),

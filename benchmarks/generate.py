@@ -17,12 +17,8 @@ from tqdm import tqdm
 from benchmarks.example import Example
 from benchmarks.metrics import METRICS
 from benchmarks.results import ResultWriter, summarize_by
+from benchmarks.timing import sync
 from methods.hf_patch import StatsRecorder, patched
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -50,10 +46,10 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, stop_id
 
     device = input_ids.device
     cache = DynamicCache()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
-    _sync(device)
+    sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
     new: list[int] = []
     banned_first = sorted(stop_ids | {newline_id}) if newline_id is not None else []

@@ -46,8 +46,8 @@ from anchor import ops
 from anchor.params import AnchorParams
 from benchmarks.official_anchor import dense_causal_fp32, official_anchor_attention
 from benchmarks.results import environment
-from benchmarks.tables import markdown_table
 from benchmarks.structured_inputs import KINDS, make_qkv
+from benchmarks.tables import markdown_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}

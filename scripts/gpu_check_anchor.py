@@ -48,8 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # run from
 
 from anchor import ops  # noqa: E402
 from anchor.params import AnchorParams  # noqa: E402
-from anchor.reference import (anchor_attention_reference, anchor_selection_reference,  # noqa: E402
-                              attended_mask, dense_attention_reference)
+from anchor.reference import (  # noqa: E402
+    anchor_attention_reference,
+    anchor_selection_reference,
+    attention_over_selection,
+    dense_attention_reference,
+)
 from benchmarks.kernels import dense_sdpa, rel_err  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
 
@@ -147,22 +151,6 @@ def compare_selection(q, k, kern: torch.Tensor, params: AnchorParams) -> dict:
     return res
 
 
-def attention_over_keys(q, k, v, keys: torch.Tensor, params: AnchorParams, chunk: int = 512) -> torch.Tensor:
-    """fp32 attention of every row over its stage-1 regions plus ``keys [B, H, nG, N]`` of its group."""
-    B, H, N, D = q.shape
-    rep, scale = H // k.shape[1], params.scale(D)
-    out = torch.empty(B, H, N, D, dtype=torch.float32, device=q.device)
-    for b in range(B):
-        for h in range(H):
-            qf, kf, vf = q[b, h].float(), k[b, h // rep].float(), v[b, h // rep].float()
-            for s in range(0, N, chunk):
-                rows = torch.arange(s, min(s + chunk, N), device=q.device)
-                sc = (qf[rows] @ kf.T) * scale                              # [c, N]
-                sc.masked_fill_(~attended_mask(params, keys[b, h], rows), float("-inf"))
-                out[b, h, rows] = sc.softmax(-1) @ vf
-    return out
-
-
 def noise_floor(q, k, v, dense32: torch.Tensor) -> tuple[float, str]:
     """Relative error of dense SDPA in the input dtype vs fp32: cuDNN, flash if cuDNN refuses the shape."""
     for backend in ("cudnn", "flash"):
@@ -197,7 +185,7 @@ def check_case(case: Case, args: argparse.Namespace) -> list[dict]:
         r = {"case": case.name, "theta": theta, "ref_heads": hs, "sdpa_vs_fp32": noise,
              "noise_backend": noise_backend, "limit": limit,
              "density": stats.density, **compare_selection(qs, ks, kern, params)}
-        r["err_same_keys"] = rel_err(out[:, :hs], attention_over_keys(qs, ks, vs, kern, params))
+        r["err_same_keys"] = rel_err(out[:, :hs], attention_over_selection(qs, ks, vs, params, kern))
         ref_out, ref_stats = anchor_attention_reference(qs, ks, vs, params)
         r["err_vs_reference"] = rel_err(out[:, :hs], ref_out)
         r["density_ref_heads"] = float(stats.density_per_head()[:, :hs].mean())

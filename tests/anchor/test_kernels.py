@@ -4,11 +4,22 @@ import math
 import pytest
 import torch
 
-from anchor.ops import (anchor_attention, run_selection, run_stage1, selection_key_mask, sparse_attention,
-                        triton_available)
+from anchor.ops import (
+    anchor_attention,
+    run_selection,
+    run_stage1,
+    selection_key_mask,
+    sparse_attention,
+    triton_available,
+)
 from anchor.params import AnchorParams
-from anchor.reference import (LOG2E, anchor_attention_reference, anchor_selection_reference,
-                              dense_attention_reference, sparse_attention_reference)
+from anchor.reference import (
+    LOG2E,
+    anchor_attention_reference,
+    anchor_selection_reference,
+    dense_attention_reference,
+    sparse_attention_reference,
+)
 from anchor.sparse_index import SparseIndex
 from tests.anchor.helpers import assert_close_to_baseline, make_qkv, rel_err
 

@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from anchor.params import AnchorParams
-from anchor.reference import (anchor_attention_reference, anchor_selection_reference, attended_mask,
-                              dense_attention_reference, stage1_mask)
+from anchor.reference import (
+    anchor_attention_reference,
+    anchor_selection_reference,
+    attended_mask,
+    dense_attention_reference,
+    stage1_mask,
+)
 from tests.anchor.helpers import make_qkv, rel_err
 
 

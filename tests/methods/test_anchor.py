@@ -5,15 +5,18 @@ import pytest
 import torch
 import yaml
 
-from anchor.ops import triton_available
 from anchor.params import AnchorParams
-from anchor.reference import (anchor_attention_reference, anchor_selection_reference, attended_mask,
-                              dense_attention_reference)
+from anchor.reference import (
+    anchor_attention_reference,
+    anchor_selection_reference,
+    attended_mask,
+    dense_attention_reference,
+)
 from methods.anchor import AnchorMethod, AnchorZeroMethod
 from methods.registry import get_method
 from tests.anchor.helpers import assert_close_to_baseline, make_qkv
+from tests.methods.helpers import needs_triton
 
-needs_triton = pytest.mark.skipif(not triton_available(torch.empty(0)), reason="needs CUDA or TRITON_INTERPRET=1")
 SMALL = dict(step=2, block_size=16, init_size=None, local_size=None)
 
 

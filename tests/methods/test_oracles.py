@@ -8,22 +8,12 @@ import pytest
 import torch
 import yaml
 
-from anchor.ops import triton_available
 from anchor.reference import dense_attention_reference
 from anchor.stats import causal_pair_count
 from methods.oracles import OracleTopCdf, OracleTopK
 from methods.registry import get_method
 from tests.anchor.helpers import assert_close_to_baseline
-
-needs_triton = pytest.mark.skipif(not triton_available(torch.empty(0)), reason="needs CUDA or TRITON_INTERPRET=1")
-
-
-def qkv(B, Hq, Hkv, Lq, Lk, D=16, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, Lq, D, generator=g)
-    k = torch.randn(B, Hkv, Lk, D, generator=g)
-    v = torch.randn(B, Hkv, Lk, D, generator=g)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+from tests.methods.helpers import needs_triton, qkv
 
 
 def brute_oracle(q, k, *, block, granularity, k_top=None, cdf=None):
