@@ -101,6 +101,11 @@ def main(cfg: DictConfig) -> None:
             summary = run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device),
                                      logger)
     path = writer.finish(summary)
+    if cfg.bench.runner == "generate":               # tables (and NIAH heatmaps) of this run, in its folder
+        from benchmarks.report import load_results, write_report
+
+        for table in write_report(load_results([out_dir]), out_dir):
+            print(f"table: {table}")
     if logger is not None:
         logger.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         logger.finish()

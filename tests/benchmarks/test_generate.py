@@ -85,6 +85,7 @@ def test_run_longbench_fixture_resume_and_errors(repo_root, tmp_path):
     assert all(0.0 <= r["score"] <= 1.0 and r["prefill_ms"] > 0 and 0 < r["density"] for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_samples"] == 3 and set(summary["score_by_task"]) == {"hotpotqa", "trec"}
+    assert "hotpotqa" in (out / "longbench_by_task.md").read_text()          # the run's own table
 
     # interrupted run: one finished line plus half a line; the rerun keeps the first, redoes the rest
     (out / "samples.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
