@@ -152,19 +152,26 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _recall_panels(pts: pd.DataFrame, metrics: list[str], x: str, xlabel: str, title):
+    """One panel per recall metric, one curve per label: ``metric`` against column ``x``."""
+    colors = _colors(pts["label"])
+    fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for label, part in pts.groupby("label", sort=False):
+            part = part.sort_values(x)
+            ax.plot(part[x], part[metric], "o-", color=colors[label], label=label)
+        ax.set(xlabel=xlabel, ylabel=metric_title(metric), title=title(metric))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
 def fig6a(acc: pd.DataFrame, out: Path, length: int | None = None) -> list[Path]:
     """Recall vs sparsity, one curve per label, one panel per recall metric (Fig. 6a)."""
     length = default_length(acc, length)
     pts = curve_points(acc, length)
-    metrics, colors = recall_metrics(acc), _colors(pts["label"])
-    fig, axes = _figure(len(metrics))
-    for ax, metric in zip(axes, metrics):
-        for label, part in pts.groupby("label", sort=False):
-            part = part.sort_values("sparsity")
-            ax.plot(part["sparsity"], part[metric], "o-", color=colors[label], label=label)
-        ax.set(xlabel=metric_title("sparsity"), ylabel=metric_title(metric), title=f"{metric}, N={length}")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig = _recall_panels(pts, recall_metrics(acc), "sparsity", metric_title("sparsity"),
+                         lambda metric: f"{metric}, N={length}")
     fig.suptitle(f"Recall vs sparsity ({pts['model'].iloc[0]}, means over layers x heads)")
     csv = out / f"fig6_points_N{length}.csv"
     pts.to_csv(csv, index=False)
@@ -196,16 +203,8 @@ def fig6b(acc: pd.DataFrame, lat: pd.DataFrame, out: Path, length: int | None = 
     pts = curve_points(acc, length).merge(times, on=["label", "setting"])
     if pts.empty:
         return []
-    metrics, colors = recall_metrics(acc), _colors(pts["label"])
-    fig, axes = _figure(len(metrics))
-    for ax, metric in zip(axes, metrics):
-        for label, part in pts.groupby("label", sort=False):
-            part = part.sort_values("ms")
-            ax.plot(part["ms"], part[metric], "o-", color=colors[label], label=label)
-        ax.set(xlabel=f"latency ms (synthetic inputs, N={lat_len})", ylabel=metric_title(metric),
-               title=f"{metric} at N={length}")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig = _recall_panels(pts, recall_metrics(acc), "ms", f"latency ms (synthetic inputs, N={lat_len})",
+                         lambda metric: f"{metric} at N={length}")
     fig.suptitle(f"Latency vs recall: time on {_shapes(lat)}; recall on {pts['model'].iloc[0]}")
     return [_save(fig, out / "fig6b_latency_vs_recall.png")]
 
