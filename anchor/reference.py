@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from anchor.checks import check_qkv
 from anchor.params import AnchorParams
@@ -21,12 +22,14 @@ LOG2E = 1.4426950408889634
 
 
 def dense_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              sm_scale: float | None = None, chunk: int = 1024) -> torch.Tensor:
-    """Exact causal attention in fp32 (bottom-right aligned when ``Lq < Lk``); output in q's dtype."""
+                              sm_scale: float | None = None, chunk: int = 1024,
+                              out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Exact causal attention computed in fp32 (bottom-right aligned when ``Lq < Lk``); output in
+    ``out_dtype`` (default q's dtype)."""
     B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
     scale = sm_scale if sm_scale is not None else D ** -0.5
     rep = Hq // Hkv
-    out = torch.empty_like(q)
+    out = torch.empty_like(q, dtype=out_dtype or q.dtype)
     keys = torch.arange(Lk, device=q.device)
     for h in range(Hq):
         kf, vf = k[:, h // rep].float(), v[:, h // rep].float()          # [B, Lk, D]
@@ -35,7 +38,7 @@ def dense_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             rows = torch.arange(s, s + qf.shape[1], device=q.device) + (Lk - Lq)
             scores = torch.einsum("bid,bjd->bij", qf, kf) * scale        # [B, c, Lk]
             scores.masked_fill_(keys[None, None, :] > rows[None, :, None], float("-inf"))
-            out[:, h, s:s + chunk] = (scores.softmax(-1) @ vf).to(q.dtype)
+            out[:, h, s:s + chunk] = scores.softmax(-1) @ vf
     return out
 
 
@@ -72,16 +75,14 @@ def attended_mask(params: AnchorParams, selected: torch.Tensor, rows: torch.Tens
     return stage1_mask(params, rows, selected.shape[-1]) | selected[groups]
 
 
-def _pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """Mean over consecutive ``block`` rows of dim 0 (last block may be partial): ``[N, ...] -> [nb, ...]``."""
-    n = x.shape[0]
-    nb = math.ceil(n / block)
-    pad = nb * block - n
-    xp = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])]) if pad else x
-    sums = xp.reshape(nb, block, *x.shape[1:]).sum(1)                   # [nb, ...]
-    counts = torch.full((nb,), block, dtype=x.dtype, device=x.device)
-    counts[-1] = block - pad
-    return sums / counts.reshape(nb, *([1] * (x.dim() - 1)))
+def pool_rows(x: torch.Tensor, block: int) -> torch.Tensor:
+    """fp32 mean of ``[..., N, D]`` over consecutive ``block`` rows (a short last block averages
+    its own rows): ``[..., ceil(N / block), D]``."""
+    n = x.shape[-2]
+    padded = F.pad(x, (0, 0, 0, math.ceil(n / block) * block - n))
+    sums = padded.unflatten(-2, (-1, block)).sum(-2, dtype=torch.float32)   # [..., nb, D]
+    counts = (n - torch.arange(sums.shape[-2], device=x.device) * block).clamp(max=block)
+    return sums / counts[:, None]
 
 
 def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorParams,
@@ -108,8 +109,8 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
                 sc = (qf[rows] @ kf[: rows[-1] + 1].T) * scale           # [c, <=N]
                 sc.masked_fill_(~stage1_mask(params, rows, sc.shape[1]), float("-inf"))
                 anchor[b, h, rows] = sc.amax(-1)
-            pooled[b, h] = 0.0 if zero_anchor else _pool_blocks(anchor[b, h], bs)
-            qbar = _pool_blocks(qf, bs).to(q.dtype).float()              # [nb, D]
+            pooled[b, h] = 0.0 if zero_anchor else pool_rows(anchor[b, h, :, None], bs)[:, 0]
+            qbar = pool_rows(qf, bs).to(q.dtype).float()                 # [nb, D]
             for g in range(n_groups):
                 lo, hi = params.candidate_range(g)
                 hi = min(hi, N)

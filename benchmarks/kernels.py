@@ -44,7 +44,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from anchor import ops
 from anchor.params import AnchorParams
-from benchmarks.official_anchor import dense_causal_fp32, official_anchor_attention
+from anchor.reference import dense_attention_reference
+from benchmarks.attention_metrics import relative_error
+from benchmarks.official_anchor import official_anchor_attention
 from benchmarks.results import environment
 from benchmarks.structured_inputs import KINDS, make_qkv
 from benchmarks.tables import markdown_table
@@ -118,16 +120,6 @@ def peak_mib(fn, device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref||_F / ||ref||_F`` in fp32, one head at a time (bounded memory)."""
-    num = den = 0.0
-    for h in range(ref.shape[1]):
-        r = ref[:, h].float()
-        num += float((out[:, h].float() - r).square().sum())
-        den += float(r.square().sum())
-    return math.sqrt(num / den)
-
-
 def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str):
     """``(fn, out, note)``: causal SDPA restricted to ``backend`` (math on CPU), run once.
 
@@ -177,7 +169,7 @@ def bench_input(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thetas: list[
     device = q.device
     cudnn_fn, ref, cudnn_note = dense_sdpa(q, k, v, "cudnn")
     flash_fn, flash_out, flash_note = dense_sdpa(q, k, v, "flash")
-    common = {"err_flash": rel_err(flash_out, ref), "cudnn_note": cudnn_note, "flash_note": flash_note}
+    common = {"err_flash": relative_error(flash_out, ref), "cudnn_note": cudnn_note, "flash_note": flash_note}
     del flash_out
     common["cudnn_ms"] = bench_ms(cudnn_fn, device, args)
     common["flash_ms"] = bench_ms(flash_fn, device, args)
@@ -186,8 +178,8 @@ def bench_input(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thetas: list[
     rep = q.shape[1] // k.shape[1]
     n_kv = min(args.ref_kv_heads, k.shape[1])
     qs, ks, vs = (x[:, :h].contiguous() for x, h in ((q, rep * n_kv), (k, n_kv), (v, n_kv)))  # first KV groups
-    dense32 = dense_causal_fp32(qs, ks, vs)                               # fp32 [B, rep*n_kv, N, D]
-    common["err_cudnn_fp32"] = rel_err(ref[:, :rep * n_kv], dense32)
+    dense32 = dense_attention_reference(qs, ks, vs, out_dtype=torch.float32)   # [B, rep*n_kv, N, D]
+    common["err_cudnn_fp32"] = relative_error(ref[:, :rep * n_kv], dense32)
     rows = []
     for theta in thetas:
         params = AnchorParams(theta=theta, step=args.step, block_size=args.block_size,
@@ -197,14 +189,14 @@ def bench_input(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thetas: list[
             return ops.anchor_attention(q, k, v, params, dense_if_complete=args.dense_if_complete)
 
         out, stats = ours()
-        row = dict(common, theta=theta, err_ours=rel_err(out, ref),
-                   err_ours_fp32=rel_err(out[:, :rep * n_kv], dense32), **stats.summary())
+        row = dict(common, theta=theta, err_ours=relative_error(out, ref),
+                   err_ours_fp32=relative_error(out[:, :rep * n_kv], dense32), **stats.summary())
         del out
         row["ours_ms"] = bench_ms(ours, device, args)
         row["ours_mem_mib"] = peak_mib(ours, device)
         row.update(stage_times(q, k, v, params, device, args))
         theirs, _, tstats = official_anchor_attention(qs, ks, vs, theta, block=args.block_size, step=args.step)
-        row.update(err_theirs_fp32=rel_err(theirs, dense32), theirs_density=tstats.density,
+        row.update(err_theirs_fp32=relative_error(theirs, dense32), theirs_density=tstats.density,
                    theirs_official_ratio=tstats.extra["official_ratio"])
         del theirs
         row["speedup"] = row["cudnn_ms"] / row["ours_ms"]

@@ -31,30 +31,11 @@ from __future__ import annotations
 import torch
 
 from anchor.checks import check_qkv
+from anchor.reference import dense_attention_reference
 from anchor.stats import AttentionStats, causal_pair_count
 
 LOG2E = 1.4426950408889634
 VARIANTS = ("official", "clean")
-
-
-def dense_causal_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None,
-                      chunk: int = 2048) -> torch.Tensor:
-    """fp32 dense causal attention, bottom-right aligned when ``Lq < Lk``; GQA by head index.
-
-    ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` -> fp32 ``[B, Hq, Lq, D]``.
-    """
-    B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
-    scale, rep = sm_scale if sm_scale is not None else D ** -0.5, Hq // Hkv
-    out = torch.empty(B, Hq, Lq, D, dtype=torch.float32, device=q.device)
-    keys = torch.arange(Lk, device=q.device)
-    for h in range(Hq):
-        kf, vf = k[:, h // rep].float(), v[:, h // rep].float()          # [B, Lk, D]
-        for s in range(0, Lq, chunk):
-            rows = torch.arange(s, min(s + chunk, Lq), device=q.device) + (Lk - Lq)
-            sc = torch.einsum("bid,bjd->bij", q[:, h, s:s + chunk].float(), kf) * scale  # [B, c, Lk]
-            sc.masked_fill_(keys[None, None, :] > rows[None, :, None], float("-inf"))
-            out[:, h, s:s + chunk] = sc.softmax(-1) @ vf
-    return out
 
 
 def official_candidates(g: int, n_keys: int, block: int, step: int, variant: str) -> tuple[int, int]:
@@ -109,7 +90,7 @@ def official_anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.empty(B, Hq, N, D, dtype=torch.float32, device=q.device)
     sel = torch.zeros(B, Hq, n_groups, P, dtype=torch.bool, device=q.device)
     if P < N:                                                            # wrapper: dense tail over all keys
-        out[:, :, P:] = dense_causal_fp32(q[:, :, P:], k, v, sm_scale)
+        out[:, :, P:] = dense_attention_reference(q[:, :, P:], k, v, sm_scale, out_dtype=torch.float32)
     for b in range(B):
         for h in range(Hq):
             qf, kf, vf = q[b, h, :P].float(), k[b, h // rep, :P].float(), v[b, h // rep, :P].float()

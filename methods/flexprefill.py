@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from anchor.checks import check_qkv
+from anchor.reference import pool_rows
 from anchor.stats import AttentionStats, causal_pair_count, dense_stats
-from methods.dense import dense_attention
 from methods.base import AttendedSet, causal_attended
-from methods.index_builders import (attend, check_backend, check_block, index_attended, index_from_tile_mask,
-                                    pool_rows)
+from methods.dense import dense_attention
+from methods.index_builders import attend, check_backend, check_block, index_attended, index_from_tile_mask
 from methods.registry import register_method
 from methods.vertical_slash import vs_scores
 

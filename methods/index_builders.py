@@ -251,15 +251,6 @@ def pad_rows(x: torch.Tensor, block: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, math.ceil(n / block) * block - n))
 
 
-def pool_rows(x: torch.Tensor, block: int) -> torch.Tensor:
-    """fp32 mean of ``[..., N, D]`` over consecutive ``block`` rows (a short last block averages
-    its own rows): ``[..., ceil(N / block), D]``."""
-    n = x.shape[-2]
-    sums = pad_rows(x, block).unflatten(-2, (-1, block)).sum(-2, dtype=torch.float32)   # [..., nb, D]
-    counts = (n - torch.arange(sums.shape[-2], device=x.device) * block).clamp(max=block)
-    return sums / counts[:, None]
-
-
 def stack_indices(parts: list[tuple[SparseIndex, torch.Tensor]], batch: int, heads: int
                   ) -> tuple[SparseIndex, torch.Tensor]:
     """Join ``(index, pairs)`` built for consecutive chunks of the flattened ``(batch, head)``

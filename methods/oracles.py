@@ -15,8 +15,17 @@ from anchor.checks import check_qkv
 from anchor.sparse_index import SparseIndex
 from anchor.stats import AttentionStats, causal_pair_count
 from methods.base import AttendedSet
-from methods.index_builders import (attend, check_backend, check_block, index_attended, index_from_key_mask,
-                                    index_from_tile_mask, list_rows, pad_rows, stack_indices)
+from methods.index_builders import (
+    attend,
+    check_backend,
+    check_block,
+    index_attended,
+    index_from_key_mask,
+    index_from_tile_mask,
+    list_rows,
+    pad_rows,
+    stack_indices,
+)
 from methods.registry import register_method
 
 GRANULARITIES = ("stripe", "block")

@@ -6,11 +6,10 @@ import math
 import torch
 
 from anchor.checks import check_qkv
-from anchor.stats import AttentionStats, causal_pair_count
 from anchor.sparse_index import SparseIndex
+from anchor.stats import AttentionStats, causal_pair_count
 from methods.base import AttendedSet
-from methods.index_builders import (attend, check_backend, check_block, index_attended, index_from_tile_mask,
-                                    list_rows)
+from methods.index_builders import attend, check_backend, check_block, index_attended, index_from_tile_mask, list_rows
 from methods.registry import register_method
 
 

@@ -54,7 +54,8 @@ from anchor.reference import (  # noqa: E402
     attention_over_selection,
     dense_attention_reference,
 )
-from benchmarks.kernels import dense_sdpa, rel_err  # noqa: E402
+from benchmarks.attention_metrics import relative_error as rel_err  # noqa: E402
+from benchmarks.kernels import dense_sdpa  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -171,7 +172,7 @@ def check_case(case: Case, args: argparse.Namespace) -> list[dict]:
     n_kv = case.Hkv if case.N <= args.full_ref_max else 1
     hs = n_kv * case.Hq // case.Hkv
     qs, ks, vs = (x[:, :h].contiguous() for x, h in ((q, hs), (k, n_kv), (v, n_kv)))  # heads checked vs fp32
-    dense32 = dense_attention_reference(qs.float(), ks.float(), vs.float())
+    dense32 = dense_attention_reference(qs, ks, vs, out_dtype=torch.float32)
     noise, noise_backend = noise_floor(qs, ks, vs, dense32)
     limit = max(2 * noise, ERR_FLOOR)
     results = []

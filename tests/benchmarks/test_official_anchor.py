@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from benchmarks.official_anchor import dense_causal_fp32, official_anchor_attention
+from anchor.reference import dense_attention_reference
+from benchmarks.official_anchor import official_anchor_attention
 
 
 def _qkv(B=1, Hq=2, Hkv=1, N=200, D=16, seed=0):
@@ -40,14 +41,14 @@ def _naive_official_keep_all(q, k, v, block, step):
 
 def test_dense_fp32_matches_naive():
     q, k, v = _qkv(Hq=1, N=70)
-    torch.testing.assert_close(dense_causal_fp32(q, k, v, chunk=16)[0, 0], _naive_dense(q[0, 0], k[0, 0], v[0, 0]))
+    torch.testing.assert_close(dense_attention_reference(q, k, v, chunk=16, out_dtype=torch.float32)[0, 0], _naive_dense(q[0, 0], k[0, 0], v[0, 0]))
 
 
 @pytest.mark.parametrize("N", [200, 256, 20], ids=["tail", "no-tail", "all-tail"])
 def test_clean_keep_all_equals_dense(N):
     q, k, v = _qkv(B=2, Hq=4, Hkv=2, N=N)
     out, sel, _ = official_anchor_attention(q, k, v, theta=math.inf, block=16, step=2, variant="clean")
-    torch.testing.assert_close(out, dense_causal_fp32(q, k, v), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, dense_attention_reference(q, k, v, out_dtype=torch.float32), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("block,step", [(16, 2), (16, 4)])
@@ -64,7 +65,7 @@ def test_official_group1_differs_from_dense_by_double_counting_only():
     G = block * step
     q, k, v = _qkv(Hq=1, N=2 * G)
     out, sel, _ = official_anchor_attention(q, k, v, theta=1e9, block=block, step=step)
-    dense = dense_causal_fp32(q, k, v)
+    dense = dense_attention_reference(q, k, v, out_dtype=torch.float32)
     torch.testing.assert_close(out[..., :G, :], dense[..., :G, :], rtol=1e-5, atol=1e-5)  # group 0 exact
     assert sel[0, 0, 1].nonzero().flatten().tolist() == list(range(block, G - block))
     # group 1: dense causal rows plus keys [block, G - block) counted a second time
