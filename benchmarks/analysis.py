@@ -142,7 +142,7 @@ def evaluate_layer(method, x: LayerQKV, ref: torch.Tensor, layer: int, tols: Seq
               for name, pairs in stats.pairs.items()}                        # name -> [Hq]
     rows = []
     for h in range(out.shape[1]):
-        o, r = out[:, h], ref[:, h]                                          # [B, N, D]
+        o, r = out[:, h:h + 1], ref[:, h:h + 1]                              # [B, 1, N, D]
         rows.append({"head": h, "density": float(density[h]), "density_sparse": float(sparse[h]),
                      "stages": {name: float(d[h]) for name, d in stages.items()},
                      "mass_recall": float(mass[h]),
