@@ -48,7 +48,11 @@ def output_recall(out: torch.Tensor, ref: torch.Tensor, tol: float = 0.01) -> fl
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Frobenius relative error ``||out - ref||_F / ||ref||_F`` of ``[B, H, ...]`` tensors, in fp32
-    one head at a time (bounded memory at 128k tokens)."""
+    one head at a time (bounded memory at 128k tokens). Other ranks raise: a ``[B, N, D]`` slice
+    would be looped over token by token."""
+    if ref.dim() != 4 or out.shape != ref.shape:
+        raise ValueError(f"relative_error expects two [B, H, N, D] tensors, got {tuple(out.shape)} and "
+                         f"{tuple(ref.shape)}")
     num = den = 0.0
     for h in range(ref.shape[1]):
         r = ref[:, h].float()

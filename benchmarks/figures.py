@@ -19,7 +19,8 @@ output elements within ``tol`` of fp32 dense, the AnchorAttention code's "recall
   with mean recall >= target (Table 1), plus ``table1_points.{md,csv}``;
 * ``table4_anchor_ablation.{md,csv}``: anchor vs anchor_zero over theta (Table 4);
 * ``fig4_heatmap_<recall>_N<len>.png`` and ``fig8_heatmap_sparsity_N<len>.png`` (+ CSV): layer x
-  head maps for oracle_topk_stripe, oracle_topcdf_stripe and anchor (Figs. 4, 8; 9/10 on other text);
+  head maps for oracle_topk_stripe, oracle_topcdf_stripe, anchor and anchor_g512 if run (Figs. 4, 8; with
+  ``--heatmap-figures 9,10``, files fig9_* / fig10_* for the paper's second input);
 * ``figures.md``: what was written, what was skipped and why.
 
 "One setting per label" (Fig. 6c, heatmaps): ``--setting label=setting`` if given, else the
@@ -45,7 +46,7 @@ TABLE1_PAIRS = {"top-k": ("oracle_topk_block", "oracle_topk_stripe"),
 TABLE1_TARGETS = (0.80, 0.85, 0.90, 0.95, 0.99)
 TABLE4_LABELS = {"anchor": "With Anchor", "anchor_zero": "Without Anchor"}
 TABLE4_THETAS = (10.0, 11.0, 12.0, 13.0, 14.0, 15.0)
-HEATMAP_LABELS = ("oracle_topk_stripe", "oracle_topcdf_stripe", "anchor")
+HEATMAP_LABELS = ("oracle_topk_stripe", "oracle_topcdf_stripe", "anchor", "anchor_g512")
 DEFINITIONS = (
     "Definitions: mass_recall = dense softmax mass on the attended keys; output_recall_<tol> = fraction "
     "of output elements within tol of the fp32 dense output (the AnchorAttention code's 'recall'); "
@@ -56,6 +57,7 @@ DEFINITIONS = (
 LABEL_ORDER = ("dense", "anchor", "anchor_zero", "anchor_g512", "flexprefill", "vertical_slash", "streaming",
                "oracle_topk_stripe", "oracle_topk_block", "oracle_topcdf_stripe", "oracle_topcdf_block")
 KEYS = ["label", "setting", "length"]
+PARTS = ("fig6a", "fig6b", "fig6c", "table1", "table4", "heatmaps")   # --only choices
 MEANS = ["density", "density_sparse", "sparsity", "sparsity_all_stages", "relative_error", "layer_ms"]
 
 
@@ -313,8 +315,9 @@ def table4(acc: pd.DataFrame, lat: pd.DataFrame, out: Path, length: int | None =
 
 
 def heatmaps(acc: pd.DataFrame, out: Path, length: int | None = None,
-             chosen: Mapping[str, str] | None = None) -> list[Path]:
-    """Layer x head maps of each recall metric (Fig. 4) and of sparsity (Fig. 8), one panel per label."""
+             chosen: Mapping[str, str] | None = None, figures: tuple[int, int] = (4, 8)) -> list[Path]:
+    """Layer x head maps of each recall metric and of sparsity, one panel per label: paper
+    Figs. 4 and 8 (``figures=(4, 8)``), or 9 and 10 for another input (file names follow)."""
     length = default_length(acc, length)
     part = acc[(acc["length"] == length) & acc["label"].isin(HEATMAP_LABELS)]
     if part.empty:
@@ -335,7 +338,7 @@ def heatmaps(acc: pd.DataFrame, out: Path, length: int | None = None,
             ax.set_xticks(range(len(grid.columns)), [str(h) for h in grid.columns], fontsize=6)
             fig.colorbar(image, ax=ax)
         fig.suptitle(f"{metric_title(metric)}, N={length}")
-        name = "fig8_heatmap_sparsity" if metric == "sparsity" else f"fig4_heatmap_{metric}"
+        name = f"fig{figures[1]}_heatmap_sparsity" if metric == "sparsity" else f"fig{figures[0]}_heatmap_{metric}"
         written.append(_save(fig, out / f"{name}_N{length}.png"))
     csv = out / f"heatmaps_N{length}.csv"
     part[["label", "setting", "layer", "head", *metrics, "sparsity"]].to_csv(csv, index=False)
@@ -343,14 +346,17 @@ def heatmaps(acc: pd.DataFrame, out: Path, length: int | None = None,
 
 
 def write_figures(paths: Iterable[str | Path], out: str | Path, length: int | None = None,
-                  latency_length: int | None = None, chosen: Mapping[str, str] | None = None) -> list[Path]:
-    """Every figure and table the data allows, plus ``figures.md``; returns the written paths."""
+                  latency_length: int | None = None, chosen: Mapping[str, str] | None = None,
+                  heatmap_figures: tuple[int, int] = (4, 8), only: Sequence[str] | None = None) -> list[Path]:
+    """Every figure and table the data allows (of the ``PARTS`` named in ``only``, default all), plus
+    ``figures.md``; returns the written paths. ``heatmap_figures``: paper figure numbers of the recall
+    and sparsity heatmaps (4, 8 or 9, 10)."""
     paths = list(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     acc, lat = load_analysis(paths)
     need_acc, need_lat = "no accuracy rows", "no latency rows (the latency part runs on CUDA only)"
-    parts = [  # (name, needs, what is missing otherwise, maker)
+    parts = [  # (name, needs, what is missing otherwise, maker), in PARTS order
         ("Fig. 6a recall vs sparsity", [acc], need_acc, lambda: fig6a(acc, out, length)),
         ("Fig. 6b latency vs recall", [acc, lat], f"{need_acc} or {need_lat}, or no setting in both",
          lambda: fig6b(acc, lat, out, length, latency_length)),
@@ -360,11 +366,16 @@ def write_figures(paths: Iterable[str | Path], out: str | Path, length: int | No
          lambda: table1(acc, out, length)),
         ("Table 4 anchor ablation", [acc], "no theta sweep of anchor / anchor_zero",
          lambda: table4(acc, lat, out, length, latency_length)),
-        ("Figs. 4/8 heatmaps", [acc], "no rows of " + ", ".join(HEATMAP_LABELS),
-         lambda: heatmaps(acc, out, length, chosen)),
+        ("Figs. {}/{} heatmaps".format(*heatmap_figures), [acc], "no rows of " + ", ".join(HEATMAP_LABELS),
+         lambda: heatmaps(acc, out, length, chosen, heatmap_figures)),
     ]
+    unknown = set(only or ()) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     written, lines = [], []
-    for name, needs, missing, make in parts:
+    for key, (name, needs, missing, make) in zip(PARTS, parts):
+        if only is not None and key not in only:
+            continue
         files = make() if all(not df.empty for df in needs) else []
         written += files
         lines.append(f"- {name}: " + (", ".join(f"[{p.name}]({p.name})" for p in files) if files
@@ -384,9 +395,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency-length", type=int, default=None, help="latency length for Fig. 6b / Table 4")
     p.add_argument("--setting", action="append", default=[], metavar="LABEL=SETTING",
                    help="setting shown for LABEL in Fig. 6c and the heatmaps, e.g. anchor=theta=12.0")
+    p.add_argument("--heatmap-figures", default="4,8", help="figure numbers of the recall and sparsity heatmaps "
+                   "(4,8; 9,10 for the paper's second input)")
+    p.add_argument("--only", default=None, help=f"comma-separated parts to write, of {','.join(PARTS)}")
     args = p.parse_args(argv)
     chosen = dict(s.split("=", 1) for s in args.setting)
-    for path in write_figures(args.folders, args.out, args.length, args.latency_length, chosen):
+    recall_fig, sparsity_fig = (int(x) for x in args.heatmap_figures.split(","))
+    only = args.only.split(",") if args.only else None
+    for path in write_figures(args.folders, args.out, args.length, args.latency_length, chosen,
+                              (recall_fig, sparsity_fig), only):
         print(path)
 
 

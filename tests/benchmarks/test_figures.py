@@ -113,6 +113,20 @@ def test_without_latency_rows_skips_latency_figures(tmp_path):
     assert set(heat.loc[heat["label"] == "anchor", "setting"]) == {"theta=10.0"}
 
 
+def test_heatmap_figure_numbers_and_only_parts(tmp_path):
+    _fake_run(tmp_path / "run", latency=False)
+    out = tmp_path / "figs"
+    figures.main([str(tmp_path / "run"), "--out", str(out), "--heatmap-figures", "9,10", "--only", "heatmaps"])
+    names = {p.name for p in out.iterdir()}
+    assert names == {"fig9_heatmap_mass_recall_N8192.png", "fig9_heatmap_output_recall_0.01_N8192.png",
+                     "fig9_heatmap_output_recall_0.005_N8192.png", "fig10_heatmap_sparsity_N8192.png",
+                     "heatmaps_N8192.csv", "figures.md"}
+    index = (out / "figures.md").read_text()
+    assert "Figs. 9/10 heatmaps" in index and "Table 4" not in index
+    with pytest.raises(ValueError, match="unknown parts"):
+        figures.write_figures([tmp_path / "run"], out, only=["fig7"])
+
+
 def test_load_analysis_names_metrics_apart(tmp_path):
     _fake_run(tmp_path / "run")
     acc, lat = figures.load_analysis([tmp_path])
