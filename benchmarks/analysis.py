@@ -3,9 +3,10 @@
 Two parts, both resumable through ``ResultWriter`` ids:
 
 **Accuracy on real attention** (rows ``kind: "accuracy"``). For each ``lengths`` entry, tokens
-``[token_offset, token_offset + length)`` of the essays (``token_fn``; another offset gives the
-"distinct input" of the paper's Figs. 9/10; ids do not include the offset, so keep runs of
-different offsets in different folders) go through one dense prefill; post-RoPE q/k/v of
+``[token_offset, token_offset + length)`` of the ``input`` (``benchmarks.analysis_inputs``: the
+essays, or a RULER prompt as the "distinct dataset" of the paper's Figs. 9/10; ids do not include
+the input or the offset, so keep runs of different inputs in different folders) go through one
+dense prefill; post-RoPE q/k/v of
 the chosen ``layers`` are captured and the fp32 dense reference is computed once per layer. Then
 every sweep setting runs on every layer, and one row per (length, setting, layer, query head)
 holds, each metric under its own name:
@@ -36,7 +37,7 @@ a list of keys each value is a list of the same length (e.g. ``[vertical_size, s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -46,9 +47,10 @@ import torch
 import methods
 from anchor.reference import dense_attention_reference
 from anchor.stats import AttentionStats
+from benchmarks.analysis_inputs import TokenFn, input_tokens
 from benchmarks.attention_metrics import mass_recall, output_recall, relative_error
 from benchmarks.capture import LayerQKV, capture_qkv
-from benchmarks.compare_methods import _yaml, essay_tokens
+from benchmarks.compare_methods import _yaml
 from benchmarks.kernels import bench_ms
 from benchmarks.results import ResultWriter, summarize_by
 from benchmarks.structured_inputs import make_qkv
@@ -56,7 +58,6 @@ from benchmarks.timing import timed_call
 
 ESTIMATION_STAGES = ("select", "estimate", "oracle")   # stages that only decide what to attend
 ENTRY_KEYS = {"method", "param", "values", "overrides", "label", "latency"}
-TokenFn = Callable[[Any, int], torch.Tensor]           # (tokenizer, length) -> [1, length] ids
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def run_accuracy(cfg: Mapping[str, Any], settings: list[Setting], model, tokeniz
                 if accuracy_id(length, s, layer, row["head"]) in done:     # a layer cut short mid-heads
                     continue
                 writer.append({"id": accuracy_id(length, s, layer, row["head"]), "kind": "accuracy",
-                               "model": model_name, "length": length, "token_offset": offset, "layer": layer,
+                               "model": model_name, "length": length, "input": cfg.get("input", "essays"),
+                               "token_offset": offset, "layer": layer,
                                **_setting_fields(s), **row})
         print(f"[analysis] N={length}: {len(pending)} (setting, layer) pairs done", flush=True)
         del captured, refs
@@ -274,7 +276,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def run_analysis(bench_cfg: Mapping[str, Any], model, tokenizer, writer: ResultWriter,
-                 device: str | torch.device, token_fn: TokenFn = essay_tokens) -> dict[str, Any]:
+                 device: str | torch.device, token_fn: TokenFn | None = None) -> dict[str, Any]:
     """Run the accuracy and latency parts of ``bench_cfg`` and return the summary dict.
 
     Args:
@@ -284,12 +286,14 @@ def run_analysis(bench_cfg: Mapping[str, Any], model, tokenizer, writer: ResultW
         tokenizer: passed to ``token_fn``.
         writer: result file; rows whose id it holds are skipped (resume).
         device: where the method calls and timings run (the model's device).
-        token_fn: ``(tokenizer, length) -> [1, length]`` token ids; default the essays text.
+        token_fn: ``(tokenizer, length) -> [1, length]`` token ids; default the ``input`` setting's
+            (``benchmarks.analysis_inputs.input_tokens``, essays when unset).
     """
     cfg = _plain(bench_cfg)
     device = torch.device(device)
     settings = expand_sweep(cfg["sweep"])
     model_name = (writer.config.get("model") or {}).get("name") or model.config.model_type
+    token_fn = token_fn or input_tokens(str(cfg.get("input", "essays")))
     run_accuracy(cfg, settings, model, tokenizer, writer, device, token_fn, model_name)
     notes = run_latency(cfg, settings, writer, device)
     summary = summarize(writer.rows(), [float(t) for t in cfg.get("metrics_tol", [0.01, 0.005])])
