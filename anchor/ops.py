@@ -193,7 +193,8 @@ def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, re
         lse.stride(0), lse.stride(1),
         Hq, Lq, index.n_lists, Lk - Lq, sm_scale * LOG2E,
         GQA=Hq // Hkv, ROWS_PER_LIST=index.rows_per_list, RESUME=int(resume), CAUSAL=causal,
-        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile, GATHER=gather, **cfg)
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile,
+        TILE_UNIT=index.tile_unit, GATHER=gather, **cfg)
 
 
 def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Result, sel: Selection,
@@ -209,7 +210,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
 
     Args:
         q: ``[B, Hq, Lq, D]``; k, v: ``[B, Hkv, Lk, D]``; queries are the last ``Lq`` positions.
-        index: one list per ``index.rows_per_list`` query rows.
+        index: one list per ``index.rows_per_list`` query rows; whole tiles start at
+            ``full_ids * index.tile_unit`` (aligned or not).
         causal: mask keys after each query's position (needed when lists reach the diagonal).
 
     Returns:

@@ -2,7 +2,9 @@
 
 Every builder returns ``(index, pairs)``. Query rows are split into lists of ``rows_per_list``
 consecutive rows (list ``l`` = rows ``[l * R, min((l + 1) * R, Lq))``, queries being the last
-``Lq`` of ``Lk`` positions); key tiles are aligned to absolute key positions.
+``Lq`` of ``Lk`` positions). Key tiles are aligned to absolute key positions
+(``tile_unit == tile``), except in ``index_from_diagonals`` where a tile starts at any key
+(``tile_unit == 1``).
 
 Pair-count convention (``index_pair_counts``): a list's **computed pairs** are its
 (row, key) pairs that the bottom-right causal mask leaves visible, i.e. for every key of the
@@ -26,14 +28,22 @@ from anchor.sparse_index import SparseIndex, index_from_counts
 from methods.base import AttendedSet
 
 BACKENDS = ("auto", "triton", "torch")
+RUN_ROUNDINGS = ("upstream", "exact")
 KERNEL_TILES = (16, 32, 64, 128)
-ID_BUDGET = 2 ** 26          # key ids (upper bound) built at once by ``index_from_diagonals``
+TABLE_BUDGET = 2 ** 24       # table entries built at once by ``index_from_diagonals`` (see there)
+NO_RUN = 2 ** 62             # start and end of the unused run slots (after every real run)
 
 
 def check_backend(backend: str) -> None:
     """Raise unless ``backend`` is ``auto`` (Triton on CUDA), ``triton`` or ``torch``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def check_rounding(rounding: str) -> None:
+    """Raise unless ``rounding`` is a slash-run rounding of ``index_from_diagonals``."""
+    if rounding not in RUN_ROUNDINGS:
+        raise ValueError(f"run rounding must be one of {RUN_ROUNDINGS}, got {rounding!r}")
 
 
 def check_block(name: str, value: int) -> None:
@@ -93,7 +103,7 @@ def index_pair_counts(index: SparseIndex, q_len: int, k_len: int) -> torch.Tenso
     # Key j is seen by min(n_rows, max(0, last + 1 - j)) rows of its list.
     full_owner = torch.repeat_interleave(owners, index.full_cnt.reshape(-1).long())
     lst = full_owner % L
-    start = index.full_ids.long() * index.tile
+    start = index.full_ids.long() * index.tile_unit
     hi = (last[lst] + 1 - start).clamp(min=0)                            # rows seeing the tile's first key
     lo = (last[lst] + 1 - (start + index.tile)).clamp(min=0)            # ... its key just after the tile
     total.index_add_(0, full_owner // L, _causal_sum(hi, n_rows[lst]) - _causal_sum(lo, n_rows[lst]))
@@ -105,9 +115,9 @@ def index_pair_counts(index: SparseIndex, q_len: int, k_len: int) -> torch.Tenso
 
 
 def _fill_index(full_cnt: torch.Tensor, full_ids: torch.Tensor, col_cnt: torch.Tensor, col_ids: torch.Tensor,
-                tile: int, rows_per_list: int) -> SparseIndex:
+                tile: int, rows_per_list: int, tile_unit: int) -> SparseIndex:
     """A ``SparseIndex`` from per-list counts and list-major id tensors."""
-    index = index_from_counts(full_cnt, col_cnt, tile, rows_per_list)
+    index = index_from_counts(full_cnt, col_cnt, tile, rows_per_list, tile_unit)
     index.full_ids.copy_(full_ids)
     index.col_ids.copy_(col_ids)
     return index
@@ -135,7 +145,7 @@ def index_from_tile_mask(tiles: torch.Tensor, *, tile: int, rows_per_list: int, 
     tail_keys = torch.arange(n_whole * tile, k_len, device=tiles.device)
     col_ids = tail_keys.repeat(int(partial.sum()))
     index = _fill_index(whole.sum(-1, dtype=torch.int32), full_ids,
-                        partial.to(torch.int32) * tail_keys.numel(), col_ids, tile, rows_per_list)
+                        partial.to(torch.int32) * tail_keys.numel(), col_ids, tile, rows_per_list, tile)
     return index, index_pair_counts(index, q_len, k_len)
 
 
@@ -152,12 +162,11 @@ def index_from_key_mask(mask: torch.Tensor, *, tile: int, rows_per_list: int, q_
     return index, index_pair_counts(index, q_len, k_len)
 
 
-def _expand(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segments ``[starts[s], starts[s] + lengths[s])`` concatenated: ``(segment id, value)``."""
-    lengths = lengths.clamp(min=0)
+def _ranges(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segments of ``lengths[s]`` entries concatenated: ``(segment id, position in segment)``."""
     seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
     first = torch.cumsum(lengths, 0) - lengths
-    return seg, starts[seg] + torch.arange(seg.numel(), device=seg.device) - first[seg]
+    return seg, torch.arange(seg.numel(), device=seg.device) - first[seg]
 
 
 def _diagonal_runs(offsets: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,14 +174,14 @@ def _diagonal_runs(offsets: torch.Tensor, width: int) -> tuple[torch.Tensor, tor
 
     ``offsets``: int64 ``[B, H, S]`` (duplicates allowed). Returns ``(run_start, run_end)``,
     int64 ``[B, H, M]`` relative to a list's first row, ascending and disjoint; unused slots
-    (heads with fewer runs) have ``start = end = 2**62``.
+    (heads with fewer runs) have ``start = end = NO_RUN``.
     """
     a = torch.sort(-offsets, dim=-1).values                              # range starts, ascending
     new = torch.ones_like(a, dtype=torch.bool)
     new[..., 1:] = a[..., 1:] - a[..., :-1] > width                      # a gap opens a new run
     run_id = torch.cumsum(new, -1) - 1
     n_runs = new.sum(-1)
-    big = torch.full_like(a, 2 ** 62)
+    big = torch.full_like(a, NO_RUN)
     run_start = big.scatter_reduce(-1, run_id, a, reduce="amin", include_self=False)
     run_end = big.scatter_reduce(-1, run_id, a + width, reduce="amax", include_self=False)
     m = int(n_runs.max())
@@ -180,69 +189,165 @@ def _diagonal_runs(offsets: torch.Tensor, width: int) -> tuple[torch.Tensor, tor
 
 
 def index_from_diagonals(offsets: torch.Tensor, columns: torch.Tensor, columns_valid: torch.Tensor, *,
-                         block: int, q_len: int, k_len: int) -> tuple[SparseIndex, torch.Tensor]:
+                         block: int, q_len: int, k_len: int, rounding: str) -> tuple[SparseIndex, torch.Tensor]:
     """Vertical-slash index: per ``block``-row list, diagonal ranges plus single columns.
 
     For a list whose first row sits at position ``P0`` and last at ``P1``, diagonal offset ``d``
     (query position minus key position) contributes the ``block`` keys ``[P0 - d, P0 - d + block)``
-    (MInference's 64-wide range of a 64-row block, also for a short last list); overlapping or
-    adjacent ranges merge into runs. Columns are added where not inside a run. Everything is
-    clipped to ``[0, P1]``. Runs are stored as whole ``block``-aligned tiles plus their unaligned
-    ends as columns (``tile = block``).
+    (MInference's 64-wide range of a 64-row block, also for a short last list); ranges ending at
+    or before key 0 are dropped and the others merge into runs (ascending by start):
+
+    * ``rounding="exact"``: runs are the exact union (overlapping or adjacent ranges merge),
+      clipped to ``[0, P1]``. A run ``[a, b)`` is stored as ``(b - a) // block`` whole tiles
+      starting at ``a, a + block, ...`` and its last ``(b - a) % block`` keys as columns.
+    * ``rounding="upstream"``: MInference's ``convert_vertical_slash_indexes``. A run starts at
+      its first range's start (0 for a range crossing key 0, upstream's shift to ``[0, block)``)
+      and its end is rounded up to a multiple of ``block`` keys from that start after every
+      range; a range starting at or before that rounded end joins the run
+      (``_upstream_runs``). A run ``[a, a + m * block)`` is stored as whole tiles from ``a``, the
+      ones starting after ``P1`` dropped (invisible). End of sequence: a tile that would pass
+      key ``k_len`` (only in lists with ``P1 > k_len - block``) is stored as its keys up to
+      ``P1`` as columns, since the kernel loads whole tiles unmasked; upstream masks its keys
+      from ``k_len`` on and causality those after ``P1``, so the key set is upstream's.
+
+    Tiles are unaligned (``tile = block``, ``tile_unit = 1``). Columns are added where not inside
+    a run and at or before ``P1``; columns are ascending per list. ``pairs`` counts each run's
+    visible keys (``index_pair_counts``).
 
     Args:
-        offsets: int64 ``[B, H, S]`` diagonal offsets (pad with duplicates of a real offset).
-        columns: int64 ``[B, H, V]`` key positions; ``columns_valid``: bool ``[B, H, V]``.
+        offsets: int64 ``[B, H, S]`` diagonal offsets ``>= 0`` (pad with duplicates of a real offset).
+        columns: int64 ``[B, H, V]`` distinct key positions; ``columns_valid``: bool ``[B, H, V]``.
+        rounding: ``"upstream"`` or ``"exact"``.
 
-    Heads are processed in chunks whose bound on key ids (``n_lists * min(Lk, S * block + V)``
-    per head) stays within ``ID_BUDGET``, one head at a time beyond it.
+    Heads are processed in chunks of at most ``TABLE_BUDGET`` (list, diagonal) + (list, column)
+    + (diagonal, residue mod ``block``) entries (one head at a time beyond it); ids are then
+    expanded exactly (at most ``block - 1`` columns per run and list).
     """
+    check_rounding(rounding)
     B, H, S = offsets.shape
     V = columns.shape[-1]
-    per_head = math.ceil(q_len / block) * (min(k_len, S * block + V) + 2 * S)   # ids + runs of a head
-    step = max(1, ID_BUDGET // per_head)
-    flat = [x.reshape(B * H, 1, x.shape[-1]) for x in (offsets, columns, columns_valid)]
-    parts = [_diagonal_index(*(x[i:i + step] for x in flat), block=block, q_len=q_len, k_len=k_len)
-             for i in range(0, B * H, step)]
+    per_head = math.ceil(q_len / block) * (S + V) + S * block
+    step = max(1, TABLE_BUDGET // per_head)
+    flat = [x.reshape(B * H, 1, x.shape[-1]) for x in (offsets, columns, columns_valid)]   # [B*H, 1, S or V]
+    parts = [_diagonal_index(*(x[i:i + step] for x in flat), block=block, q_len=q_len, k_len=k_len,
+                             rounding=rounding) for i in range(0, B * H, step)]
     return stack_indices(parts, B, H)
 
 
+def _upstream_runs(rs: torch.Tensor, re: torch.Tensor, first: torch.Tensor, block: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MInference's rounded merge of the exact runs ``[rs, re)`` (``_diagonal_runs``) per list.
+
+    Upstream scans the ranges by start keeping a run ``[A, E)``, ``E = A + block * m``; a range
+    ending after ``E`` adds ``block`` to ``E``, one starting after ``E`` opens a new run. So a run
+    anchored at ``A`` takes the next exact run iff the gap before it holds no key congruent to
+    ``A`` mod ``block``, and ends at ``A`` plus its exact extent rounded up to whole blocks. A run
+    whose ranges cross key 0 is anchored at key 0 (rounding from 0 covers upstream's shifted
+    ``[0, block)``). Each head's chain of anchors (``next``) is the same in every list but for the
+    first run, which depends on where key 0 falls; the chains are walked by pointer doubling.
+
+    Args:
+        rs, re: int64 ``[B, H, K]`` exact runs relative to a list's first row (``NO_RUN`` padded).
+        first: int64 ``[L]`` absolute position of each list's first row.
+    Returns:
+        ``(start, end)`` int64 ``[B, H, L, T]`` absolute, ascending; unused slots start (and end)
+        at ``>= NO_RUN``.
+    """
+    B, H, K = rs.shape
+    L = first.numel()
+    alive = rs < NO_RUN                                                  # [B, H, K] real exact runs
+    n_runs = alive.sum(-1, keepdim=True)                                 # [B, H, 1]
+    gap = torch.full_like(rs, block)                                     # >= block: holds every residue
+    gap[..., :-1] = torch.where(alive[..., 1:], rs[..., 1:] - re[..., :-1], block)
+    residues = torch.arange(block, device=rs.device)
+    stops = (residues - re[..., None]) % block < gap[..., None]          # [B, H, K, block]
+    run_idx = torch.arange(K, device=rs.device)[:, None]
+    # last[k, r]: last exact run of a run that holds exact run k and is anchored at residue r.
+    last = torch.where(stops, run_idx, K).flip(-2).cummin(-2).values.flip(-2)     # [B, H, K, block]
+    own_last = last.gather(-1, (rs % block)[..., None]).squeeze(-1)      # [B, H, K] run anchored at k
+    nxt = torch.where(alive & (own_last + 1 < n_runs), own_last + 1, K)
+    length = torch.where(alive, -(-(re.gather(-1, own_last) - rs) // block) * block, 0)
+    pad = torch.full((B, H, 1), K, dtype=torch.int64, device=rs.device)
+    zero = torch.zeros_like(pad)
+    nxt, length = torch.cat([nxt, pad], -1), torch.cat([length, zero], -1)     # [B, H, K + 1]: node K = end
+    start = torch.cat([rs, zero + NO_RUN], -1)
+    # First run of each list: from the first exact run ending after key 0, anchored at key 0 if it crosses it.
+    rel0 = (-first).expand(B, H, L).contiguous()                         # [B, H, L]: key 0 relative to P0
+    k0 = torch.searchsorted(re, rel0, right=True)
+    has = k0 < n_runs
+    k0 = k0.clamp(max=K - 1)
+    anchor = torch.maximum(rs.gather(-1, k0), rel0)
+    end0 = last.reshape(B, H, K * block).gather(-1, k0 * block + anchor % block)    # [B, H, L]
+    a0 = torch.where(has, first + anchor, NO_RUN)
+    e0 = a0 + torch.where(has, -(-(re.gather(-1, end0) - anchor) // block) * block, 0)
+    after = torch.where(has & (end0 + 1 < n_runs), end0 + 1, K)         # anchor of each list's second run
+    # Pointer doubling: jumps[i] = next^(2**i); count = real runs on the chain from each anchor.
+    count = torch.cat([alive.long(), zero], -1)
+    jumps = [nxt]
+    for _ in range(K.bit_length()):
+        count = count + count.gather(-1, jumps[-1])
+        jumps.append(jumps[-1].gather(-1, jumps[-1]))
+    T = int((has * (1 + count.gather(-1, after))).max().clamp(min=1))
+    steps = torch.arange(T - 1, device=rs.device)
+    node = after[..., None].expand(B, H, L, T - 1).reshape(B, H, -1)    # [B, H, L * (T - 1)]: anchor t + 1
+    for i in range(max(T - 2, 0).bit_length()):
+        hop = ((steps >> i) & 1).bool().repeat(L)
+        node = torch.where(hop, jumps[i].gather(-1, node), node)
+    a = first[:, None] + start.gather(-1, node).reshape(B, H, L, T - 1)
+    e = a + length.gather(-1, node).reshape(B, H, L, T - 1)
+    return torch.cat([a0[..., None], a], -1), torch.cat([e0[..., None], e], -1)
+
+
 def _diagonal_index(offsets: torch.Tensor, columns: torch.Tensor, columns_valid: torch.Tensor, *,
-                    block: int, q_len: int, k_len: int) -> tuple[SparseIndex, torch.Tensor]:
-    """``index_from_diagonals`` for one chunk of heads (all at once)."""
+                    block: int, q_len: int, k_len: int, rounding: str) -> tuple[SparseIndex, torch.Tensor]:
+    """``index_from_diagonals`` for one chunk of heads (all at once, no global sort)."""
     B, H, _ = offsets.shape
-    device = offsets.device
     L = math.ceil(q_len / block)
-    first, last, _ = list_rows(L, block, q_len, k_len, device)
-    rs, re = _diagonal_runs(offsets, block)                              # [B, H, M]
-    M = rs.shape[-1]
-    a = (first[:, None] + rs[:, :, None, :]).clamp(min=0)                # [B, H, L, M] absolute
-    b = torch.minimum(first[:, None] + re[:, :, None, :], last[:, None] + 1)
-    valid = (b > a) & (rs < 2 ** 62)[:, :, None, :]
-    b = torch.where(valid, b, a)
-    t_lo, t_hi = -(-a // block), b // block                             # whole tiles [t_lo, t_hi)
-    n_full = torch.where(valid, (t_hi - t_lo).clamp(min=0), 0)
-    _, full_ids = _expand(t_lo.reshape(-1), n_full.reshape(-1))          # list-major, ascending
-    has_full = n_full > 0
-    edge_start = torch.stack([a, torch.where(has_full, t_hi * block, b)], -1)   # [B, H, L, M, 2]
-    edge_end = torch.stack([torch.where(has_full, t_lo * block, b), b], -1)
-    seg, edge_cols = _expand(edge_start.reshape(-1), (edge_end - edge_start).reshape(-1))
-    edge_owner = seg // (2 * M)
-    # Columns inside a run are already covered; columns after the list's last row are invisible.
-    rel = columns[:, :, None, :] - first[:, None]                        # [B, H, L, V]
-    run = torch.searchsorted(rs, rel.reshape(B, H, -1), right=True).reshape(rel.shape) - 1
-    inside = (run >= 0) & (rel < re.gather(-1, run.clamp(min=0).reshape(B, H, -1)).reshape(rel.shape))
-    keep = columns_valid[:, :, None, :] & ~inside & (columns[:, :, None, :] <= last[:, None])
-    col_owner = keep.nonzero()
-    col_owner = (col_owner[:, 0] * H + col_owner[:, 1]) * L + col_owner[:, 2]
-    col_vals = columns[:, :, None, :].expand_as(keep)[keep]
-    owner = torch.cat([edge_owner, col_owner])
-    order = torch.argsort(owner * k_len + torch.cat([edge_cols, col_vals]))
-    col_ids = torch.cat([edge_cols, col_vals])[order]
-    col_cnt = torch.bincount(owner, minlength=B * H * L).reshape(B, H, L)
-    index = _fill_index(n_full.sum(-1, dtype=torch.int32), full_ids, col_cnt.to(torch.int32), col_ids,
-                        block, block)
-    return index, index_pair_counts(index, q_len, k_len)
+    first, last, n_rows = list_rows(L, block, q_len, k_len, offsets.device)
+    rs, re = _diagonal_runs(offsets, block)                              # [B, H, K] relative to P0
+    if rounding == "exact":
+        a = (first[:, None] + rs[:, :, None, :]).clamp(min=0)            # [B, H, L, M] absolute
+        e = first[:, None] + re[:, :, None, :]
+    else:
+        a, e = _upstream_runs(rs, re, first, block)                      # [B, H, L, M] absolute
+    M = a.shape[-1]
+    b = torch.minimum(e, last[:, None] + 1)                              # end of the visible keys
+    length = (b - a).clamp(min=0)                                        # 0 for clipped-away / unused runs
+    if rounding == "exact":
+        n_full = length // block
+    else:                                                                # a tile passing k_len: columns
+        n_full = -(-length // block)
+        n_full = n_full - ((a + n_full * block > k_len) & (length > 0)).long()
+    rem = (length - n_full * block).clamp(min=0)                         # tail keys, gathered as columns
+    # Columns (sorted per head): those inside a run are covered, those after the last row invisible.
+    columns, order = columns.sort(-1)
+    columns_valid = columns_valid.gather(-1, order)
+    cols = columns[:, :, None, :].expand(B, H, L, columns.shape[-1])     # [B, H, L, V]
+    run = torch.searchsorted(a, cols.contiguous(), right=True) - 1       # last run starting at or before
+    inside = (run >= 0) & (cols < e.gather(-1, run.clamp(min=0)))
+    keep = columns_valid[:, :, None, :] & ~inside & (cols <= last[:, None])
+    index = index_from_counts(n_full.sum(-1, dtype=torch.int32), rem.sum(-1) + keep.sum(-1), block, block, 1)
+    seg, pos = _ranges(n_full.reshape(-1))                               # list-major, runs ascending
+    index.full_ids.copy_(a.reshape(-1)[seg] + pos * block)
+    # Column slots of a list in key order: a run's tail comes after the tails of earlier runs and
+    # the kept columns before the run (run index < r); a kept column after the tails of runs <= its run.
+    tails_incl = torch.cumsum(rem, -1)                                   # [B, H, L, M]
+    cols_by_run = torch.zeros(B, H, L, M + 1, dtype=torch.int64, device=a.device)
+    cols_by_run.scatter_add_(-1, run + 1, keep.long())                  # slot 0: before every run
+    cols_before = torch.cumsum(cols_by_run, -1)[..., :M]                # kept columns in runs < r
+    tail_slot = index.col_off[..., None] + tails_incl - rem + cols_before
+    seg, pos = _ranges(rem.reshape(-1))
+    index.col_ids[tail_slot.reshape(-1)[seg] + pos] = ((b - rem).reshape(-1)[seg] + pos).to(torch.int32)
+    tails_upto = torch.where(run >= 0, tails_incl.gather(-1, run.clamp(min=0)), 0)   # [B, H, L, V]
+    col_slot = index.col_off[..., None] + torch.cumsum(keep, -1) - 1 + tails_upto
+    index.col_ids[col_slot[keep]] = cols[keep].to(torch.int32)
+    # Visible pairs (``index_pair_counts``) per run (its tiles and tail together) and kept column.
+    hi = (last[:, None] + 1 - a).clamp(min=0)                           # rows seeing a run's first key
+    lo = (last[:, None] + 1 - b).clamp(min=0)                           # ... its key just after it
+    run_pairs = torch.where(length > 0, _causal_sum(hi, n_rows[:, None]) - _causal_sum(lo, n_rows[:, None]), 0)
+    col_pairs = torch.minimum(last[:, None] + 1 - cols, n_rows[:, None]) * keep
+    pairs = run_pairs.sum((-1, -2)) + col_pairs.sum((-1, -2))          # [B, H]
+    return index, pairs.cpu()
 
 
 def pad_rows(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -254,11 +359,12 @@ def pad_rows(x: torch.Tensor, block: int) -> torch.Tensor:
 def stack_indices(parts: list[tuple[SparseIndex, torch.Tensor]], batch: int, heads: int
                   ) -> tuple[SparseIndex, torch.Tensor]:
     """Join ``(index, pairs)`` built for consecutive chunks of the flattened ``(batch, head)``
-    axis (same lists and tiles) into one ``[batch, heads]`` index and pairs."""
+    axis (same lists, tile and tile_unit) into one ``[batch, heads]`` index and pairs."""
     first = parts[0][0]
     L = first.n_lists
     full_cnt = torch.cat([p.full_cnt.reshape(-1, L) for p, _ in parts]).reshape(batch, heads, L)
     col_cnt = torch.cat([p.col_cnt.reshape(-1, L) for p, _ in parts]).reshape(batch, heads, L)
     index = _fill_index(full_cnt, torch.cat([p.full_ids for p, _ in parts]), col_cnt,
-                        torch.cat([p.col_ids for p, _ in parts]), first.tile, first.rows_per_list)
+                        torch.cat([p.col_ids for p, _ in parts]), first.tile, first.rows_per_list,
+                        first.tile_unit)
     return index, torch.cat([c.reshape(-1) for _, c in parts]).reshape(batch, heads)

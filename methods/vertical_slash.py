@@ -11,7 +11,14 @@ from anchor.checks import check_qkv
 from anchor.sparse_index import SparseIndex
 from anchor.stats import AttentionStats, causal_pair_count
 from methods.base import AttendedSet
-from methods.index_builders import attend, check_backend, check_block, index_attended, index_from_diagonals
+from methods.index_builders import (
+    attend,
+    check_backend,
+    check_block,
+    check_rounding,
+    index_attended,
+    index_from_diagonals,
+)
 from methods.registry import register_method
 
 MIN_VERTICAL, MIN_SLASH = 30, 50          # MInference clamps the per-head sizes to at least these
@@ -104,27 +111,37 @@ class VerticalSlash:
     Selection: ``vs_selection`` (last ``last_q`` = 64 queries, softmax in fp32, first 30 columns
     and 100 nearest diagonals forced, per-head top-k). Execution: ``block_size``-row query lists
     (64, MInference's block); each list attends the union of its diagonals' ``block``-wide key
-    ranges plus the columns outside them, causally masked (``index_from_diagonals``). Per-head
-    sizes come from ``pattern_file`` (MInference format, indexed by ``layer_idx``) when given,
-    else ``vertical_size`` / ``slash_size`` for every head; heads missing from the file use those.
+    ranges plus the columns outside them, causally masked (``index_from_diagonals``). As in
+    MInference's kernel, slash keys are loaded contiguously whatever their alignment, as whole
+    ``block``-key tiles from each merged run's first key. ``run_rounding="upstream"`` merges
+    ranges as MInference does: every run is rounded up to a multiple of ``block`` keys from its
+    start (ranges crossing key 0 start at 0), so runs are whole tiles and only the columns are
+    gathered (and, in the last list or two, the visible keys of a tile that would pass the last
+    key). ``run_rounding="exact"`` keeps the exact union of the ranges; a run's last
+    ``length % block`` keys are then gathered with the columns. Per-head sizes come from
+    ``pattern_file`` (MInference format, indexed by ``layer_idx``) when given, else
+    ``vertical_size`` / ``slash_size`` for every head; heads missing from the file use those.
 
     Differences from MInference (``minference_forward.py``, ``vertical_slash_index.cu``):
     batch > 1 works (upstream passes a one-element ``seqlens``, so batch > 1 read past it); GQA
     reads shared K/V (upstream repeats K/V and loops over heads in Python); chunked prefill
     (``Lq < Lk``) is supported with offsets measured from absolute positions (upstream assumes
     ``Lq == Lk``); estimation logits are fp32 and scaled by ``sm_scale`` (upstream: input dtype,
-    ``1/sqrt(head_dim)``, fp32 softmax); merged slash ranges are the exact union of the 64-wide
-    ranges (upstream's merge rounds every merged run up to a multiple of 64 keys from its start
-    and shifts ranges that cross key 0 to ``[0, 64)``, adding up to 63 keys per run); columns
-    after a block's last row are dropped as invisible (upstream drops those at or after the end
-    of the block's last slash range, the same set whenever the main diagonal is kept, as the
-    forced nearest diagonals ensure); non-``vertical_and_slash`` heads and ``minference_ratio``
-    are not supported.
+    ``1/sqrt(head_dim)``, fp32 softmax); with ``run_rounding="exact"`` (not the default),
+    merged slash ranges are the exact union of the ``block``-wide ranges (upstream, like
+    ``"upstream"``, rounds every merged run up to a multiple of ``block`` keys from its start, so
+    a run also takes the ranges starting within its rounded end and the gaps before them, and
+    shifts ranges that cross key 0 to ``[0, block)``);
+    columns after a block's last row are dropped as invisible (upstream drops those at or after
+    the end of the block's last slash range, the same set whenever the main diagonal is kept, as
+    the forced nearest diagonals ensure); non-``vertical_and_slash`` heads and
+    ``minference_ratio`` are not supported.
     """
 
     def __init__(self, *, vertical_size: int, slash_size: int, pattern_file: str | None, block_size: int,
-                 last_q: int, sink_columns: int, local_diagonals: int, backend: str):
+                 last_q: int, sink_columns: int, local_diagonals: int, run_rounding: str, backend: str):
         check_block("block_size", block_size)
+        check_rounding(run_rounding)
         check_backend(backend)
         if min(vertical_size, slash_size, last_q) < 1 or min(sink_columns, local_diagonals) < 0:
             raise ValueError("vertical_size, slash_size, last_q must be >= 1 and sink_columns, "
@@ -134,7 +151,7 @@ class VerticalSlash:
         self.pattern = load_pattern(pattern_file) if pattern_file else None
         self.block_size, self.last_q = block_size, int(last_q)
         self.sink_columns, self.local_diagonals = int(sink_columns), int(local_diagonals)
-        self.backend = backend
+        self.run_rounding, self.backend = run_rounding, backend
 
     def head_sizes(self, n_heads: int, layer_idx: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """int64 ``[n_heads]`` vertical and slash sizes for this layer (before clamping)."""
@@ -179,8 +196,8 @@ class VerticalSlash:
               layer_idx: int | None = None) -> tuple[SparseIndex, torch.Tensor]:
         """``(index, visible pairs [B, Hq])`` of the selected columns and diagonals."""
         sel = self.select(q, k, sm_scale=sm_scale, layer_idx=layer_idx)
-        return index_from_diagonals(sel.offsets, sel.columns, sel.columns_valid,
-                                    block=self.block_size, q_len=q.shape[2], k_len=k.shape[2])
+        return index_from_diagonals(sel.offsets, sel.columns, sel.columns_valid, block=self.block_size,
+                                    q_len=q.shape[2], k_len=k.shape[2], rounding=self.run_rounding)
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  sm_scale: float | None = None, layer_idx: int | None = None) -> AttendedSet:
@@ -190,4 +207,5 @@ class VerticalSlash:
 
     def __repr__(self) -> str:
         return (f"VerticalSlash(vertical_size={self.vertical_size}, slash_size={self.slash_size}, "
-                f"pattern_file={self.pattern_file!r}, block_size={self.block_size}, backend={self.backend!r})")
+                f"pattern_file={self.pattern_file!r}, block_size={self.block_size}, "
+                f"run_rounding={self.run_rounding!r}, backend={self.backend!r})")

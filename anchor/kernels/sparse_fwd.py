@@ -1,8 +1,9 @@
 """Sparse attention over a tile + column index (stage 3 of AnchorAttention, shared by baselines).
 
 One program owns ``BLOCK_M`` query rows; rows ``[l * ROWS_PER_LIST, (l + 1) * ROWS_PER_LIST)``
-share index list ``l``. A list holds ids of whole key tiles (``TILE`` consecutive keys, loaded
-contiguously) and positions of single keys (gathered ``GATHER`` at a time). With ``RESUME`` the
+share index list ``l``. A list holds ids of whole key tiles (``TILE`` consecutive keys from key
+``id * TILE_UNIT``, loaded contiguously; ``TILE_UNIT`` is ``TILE`` for aligned tiles, 1 for tiles
+starting anywhere) and positions of single keys (gathered ``GATHER`` at a time). With ``RESUME`` the
 online softmax starts from a previous pass stored as normalised output + log-sum-exp (AnchorAttention's
 stage 1); otherwise from scratch. With ``CAUSAL`` keys after a row's position are masked (queries
 sit at absolute position ``row + CAUSAL_OFFSET``).
@@ -54,7 +55,7 @@ def _sparse_fwd_kernel(
     n_heads, n_q, n_lists, causal_offset, qk_scale,  #
     GQA: tl.constexpr, ROWS_PER_LIST: tl.constexpr, RESUME: tl.constexpr, CAUSAL: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  #
-    BLOCK_M: tl.constexpr, TILE: tl.constexpr, GATHER: tl.constexpr,  #
+    BLOCK_M: tl.constexpr, TILE: tl.constexpr, TILE_UNIT: tl.constexpr, GATHER: tl.constexpr,  #
 ):
     n_blocks = tl.num_programs(0)
     pid_m = n_blocks - 1 - tl.program_id(0)          # heaviest (last) blocks first
@@ -93,7 +94,7 @@ def _sparse_fwd_kernel(
         # -- whole tiles, contiguous loads --
         offs_t = tl.arange(0, TILE)
         for i in range(0, n_full):
-            cols = tl.load(full_base + i) * TILE + offs_t
+            cols = tl.load(full_base + i) * TILE_UNIT + offs_t
             k = load_rows(K, cols, offs_d, stride_kn, cols, HEAD_DIM, BLOCK_D, False)
             v = load_rows(V, cols, offs_d, stride_vn, cols, HEAD_DIM, BLOCK_D, False)
             qk = tl.dot(q, tl.trans(k)) * qk_scale

@@ -1,4 +1,5 @@
 """Triton kernels against the PyTorch reference (CPU: Triton interpreter, fp32/fp16, small shapes)."""
+import itertools
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from anchor.reference import (
     dense_attention_reference,
     sparse_attention_reference,
 )
-from anchor.sparse_index import SparseIndex
+from anchor.sparse_index import SparseIndex, index_from_counts
 from tests.anchor.helpers import assert_close_to_baseline, make_qkv, rel_err
 
 pytestmark = pytest.mark.skipif(not triton_available(torch.empty(0)) and not torch.cuda.is_available(),
@@ -132,6 +133,60 @@ def test_sparse_attention_matches_reference(Lq, Lk, causal, dtype):
     out, _ = sparse_attention(q, k, v, index, causal=causal)
     ref32 = sparse_attention_reference(q.float(), k.float(), v.float(), index, causal=causal)
     assert_close_to_baseline(out, ref32, "sparse_attention vs reference")
+
+
+def _unaligned_index(B, H, n_lists, Lk, tile, rows_per_list, g):
+    """A ``tile_unit = 1`` index with random unaligned, non-overlapping tiles and columns outside
+    them (key 0 always), and the same keys as bool ``[B, H, n_lists, Lk]`` built independently."""
+    mask = torch.zeros(B, H, n_lists, Lk, dtype=torch.bool)
+    tiles, cols = [], []
+    for b, h, lst in itertools.product(range(B), range(H), range(n_lists)):
+        starts, pos = [], 0
+        while len(starts) < 4:
+            start = pos + int(torch.randint(0, 30, (1,), generator=g))
+            if start + tile > Lk:
+                break
+            starts.append(start)
+            mask[b, h, lst, start:start + tile] = True
+            pos = start + tile
+        free = ~mask[b, h, lst] & (torch.rand(Lk, generator=g) < 0.15)
+        free[0] = not mask[b, h, lst, 0]
+        mask[b, h, lst] |= free
+        tiles.append(starts)
+        cols.append(free.nonzero().flatten().tolist())
+    index = index_from_counts(torch.tensor([len(t) for t in tiles]).reshape(B, H, n_lists),
+                              torch.tensor([len(c) for c in cols]).reshape(B, H, n_lists),
+                              tile, rows_per_list, tile_unit=1)
+    index.full_ids.copy_(torch.tensor(sum(tiles, [])))
+    index.col_ids.copy_(torch.tensor(sum(cols, [])))
+    return index, mask
+
+
+@pytest.mark.parametrize("Lq,Lk,causal,dtype", [(70, 150, True, torch.float32), (50, 50, False, torch.float16),
+                                                (96, 133, True, torch.float16)])
+def test_sparse_attention_unaligned_tiles(Lq, Lk, causal, dtype):
+    """``tile_unit = 1`` (tiles starting at any key): kernel, reference and masked dense agree."""
+    g = torch.Generator().manual_seed(Lk)
+    B, Hq, Hkv, tile, rows_per_list = 1, 4, 2, 16, 32
+    index, mask = _unaligned_index(B, Hq, math.ceil(Lq / rows_per_list), Lk, tile, rows_per_list, g)
+    assert (index.full_ids % tile != 0).sum() >= 3 and index.col_cnt.min() >= 1
+    q, _, _ = make_qkv(B, Hq, Hkv, Lq, 32, dtype, seed=3)
+    _, k, v = make_qkv(B, Hq, Hkv, Lk, 32, dtype, seed=4)
+    assert torch.equal(index.to_key_mask(Lk), mask)
+    # masked dense attention, fp32: rows see their list's keys (and, causally, keys up to their position)
+    allowed = mask[:, :, torch.arange(Lq) // rows_per_list]                   # [B, Hq, Lq, Lk]
+    if causal:
+        allowed &= torch.arange(Lk)[None, :] <= torch.arange(Lk - Lq, Lk)[:, None]
+    kf, vf = (x.float().repeat_interleave(Hq // Hkv, 1) for x in (k, v))      # [B, Hq, Lk, D]
+    scores = (q.float() @ kf.transpose(-1, -2)) * 32 ** -0.5
+    dense32 = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vf
+    ref32 = sparse_attention_reference(q.float(), k.float(), v.float(), index, causal=causal)
+    assert rel_err(ref32, dense32) < 1e-5
+    q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+    index = SparseIndex(**{f: (getattr(index, f).to(DEVICE) if torch.is_tensor(getattr(index, f))
+                               else getattr(index, f)) for f in index.__dataclass_fields__})
+    out, _ = sparse_attention(q, k, v, index, causal=causal)
+    assert_close_to_baseline(out.cpu(), dense32, "sparse_attention (unaligned tiles) vs masked dense")
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -1,4 +1,5 @@
 """SparseIndex construction and round trip."""
+import pytest
 import torch
 
 from anchor.sparse_index import SparseIndex, index_from_counts
@@ -29,3 +30,20 @@ def test_index_from_counts_sizes_buffers_exactly():
     assert index.full_ids.numel() == 6 and index.col_ids.numel() == 12
     assert index.full_off.tolist() == [[[0, 1], [1, 3]]]
     assert index.col_off.tolist() == [[[0, 5], [5, 5]]]
+
+
+def test_unaligned_tiles_key_mask():
+    """``tile_unit = 1``: ``full_ids`` are first keys; aligned ids are the default elsewhere."""
+    full = torch.tensor([[[2, 1]]], dtype=torch.int32)
+    cols = torch.tensor([[[1, 2]]], dtype=torch.int32)
+    index = index_from_counts(full, cols, tile=4, rows_per_list=16, tile_unit=1)
+    index.full_ids.copy_(torch.tensor([3, 9, 1]))                 # list 0: keys 3..6, 9..12; list 1: 1..4
+    index.col_ids.copy_(torch.tensor([14, 0, 7]))
+    mask = index.to_key_mask(15)[0, 0]
+    assert mask[0].nonzero().flatten().tolist() == [3, 4, 5, 6, 9, 10, 11, 12, 14]
+    assert mask[1].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 7]
+    assert index.keys_per_list().tolist() == [[[9, 6]]]
+    assert index_from_counts(full, cols, tile=4, rows_per_list=16).tile_unit == 4
+    assert SparseIndex.from_key_mask(mask[None, None], tile=4, rows_per_list=16).tile_unit == 4
+    with pytest.raises(ValueError, match="tile_unit"):
+        index_from_counts(full, cols, tile=4, rows_per_list=16, tile_unit=2)
