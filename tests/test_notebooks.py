@@ -2,10 +2,11 @@
 import shutil
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
+
+nbformat = pytest.importorskip("nbformat", reason="dev extra (pip install -e '.[dev]')")
+NotebookClient = pytest.importorskip("nbclient", reason="dev extra (pip install -e '.[dev]')").NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
