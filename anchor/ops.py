@@ -102,6 +102,13 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
+def dot_precision(q: torch.Tensor) -> str:
+    """``tl.dot`` input precision of the kernels: ``"ieee"`` for fp32 inputs (the same function as
+    the fp32 references, instead of TF32's 10-bit mantissas on GPUs), ``"tf32"`` otherwise (fp16
+    and bf16 tensor-core dots, where the setting has no effect)."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
 def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams) -> Stage1Result:
     """Stage 1: online softmax over initial + local regions, pooled queries and anchors."""
     B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
@@ -125,7 +132,7 @@ def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Anchor
         abar.stride(0), abar.stride(1),
         Hq, N, params.scale(D) * LOG2E,
         GQA=Hq // Hkv, GROUP=params.group, INIT=params.init, LOCAL=params.local,
-        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=bs, BLOCK_N=block_n, **cfg)
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=bs, BLOCK_N=block_n, DOT=dot_precision(q), **cfg)
     return Stage1Result(out=out, lse=lse, qbar=qbar, abar=abar)
 
 
@@ -158,7 +165,7 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
             Hkv, chunks, n_groups, n_blocks, params.scale(D) * LOG2E, params.theta * LOG2E,
             GQA=gqa, HEADS=heads, STEP=params.step, STEP_P=step_p,
             GROUP=G, INIT=params.init, LOCAL=params.local,
-            HEAD_DIM=D, BLOCK_D=_next_pow2(D), TILE=tile, BITS=_word_bits(tile),
+            HEAD_DIM=D, BLOCK_D=_next_pow2(D), TILE=tile, BITS=_word_bits(tile), DOT=dot_precision(q),
             **_config(SCORE_CONFIG, q, D))
     full = counts == tile
     index = index_from_counts(full.sum(-1, dtype=torch.int32),
@@ -194,7 +201,7 @@ def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, re
         Hq, Lq, index.n_lists, Lk - Lq, sm_scale * LOG2E,
         GQA=Hq // Hkv, ROWS_PER_LIST=index.rows_per_list, RESUME=int(resume), CAUSAL=causal,
         HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile,
-        TILE_UNIT=index.tile_unit, GATHER=gather, **cfg)
+        TILE_UNIT=index.tile_unit, GATHER=gather, DOT=dot_precision(q), **cfg)
 
 
 def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Result, sel: Selection,

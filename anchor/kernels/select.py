@@ -29,6 +29,7 @@ def _anchor_score_kernel(
     GQA: tl.constexpr, HEADS: tl.constexpr, STEP: tl.constexpr, STEP_P: tl.constexpr,  #
     GROUP: tl.constexpr, INIT: tl.constexpr, LOCAL: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BITS: tl.constexpr,  #
+    DOT: tl.constexpr,  #
 ):
     pid_t = tl.program_id(0)
     pid = tl.program_id(1)
@@ -62,7 +63,7 @@ def _anchor_score_kernel(
             abar = tl.load(Abar + b.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah + blk,
                            mask=ok, other=float("inf"))
             # -- pooled scores vs pooled anchors, OR over the group's blocks --
-            sbar = tl.dot(qbar, tl.trans(k)) * qk_scale
+            sbar = tl.dot(qbar, tl.trans(k), input_precision=DOT) * qk_scale
             hit = ((sbar + theta) >= abar[:, None]).to(tl.int32)
             hit = tl.max(tl.reshape(hit, (HEADS, STEP_P, TILE)), 1)      # [HEADS, TILE]
             words = tl.sum(tl.reshape(hit, (HEADS, TILE // BITS, BITS)) << bit_shift[None, None, :], 2)

@@ -29,17 +29,18 @@ def load_rows(ptr, rows, offs_d, stride, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D
 
 
 @triton.jit
-def online_softmax_step(acc, l_i, m_i, qk, v):
+def online_softmax_step(acc, l_i, m_i, qk, v, DOT: tl.constexpr):
     """Fold one tile of log2-domain scores ``qk [M, N]`` and values ``v [N, D]`` into the state.
 
-    Rows whose scores are all ``-inf`` so far keep a zero state (no NaN).
+    Rows whose scores are all ``-inf`` so far keep a zero state (no NaN). ``DOT``: ``tl.dot``
+    input precision (``"ieee"`` for fp32 inputs, so they are not rounded to TF32).
     """
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_use)
     p = tl.math.exp2(qk - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT)
     return acc, l_i, m_new
 
 
@@ -56,6 +57,7 @@ def _sparse_fwd_kernel(
     GQA: tl.constexpr, ROWS_PER_LIST: tl.constexpr, RESUME: tl.constexpr, CAUSAL: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  #
     BLOCK_M: tl.constexpr, TILE: tl.constexpr, TILE_UNIT: tl.constexpr, GATHER: tl.constexpr,  #
+    DOT: tl.constexpr,  #
 ):
     n_blocks = tl.num_programs(0)
     pid_m = n_blocks - 1 - tl.program_id(0)          # heaviest (last) blocks first
@@ -97,10 +99,10 @@ def _sparse_fwd_kernel(
             cols = tl.load(full_base + i) * TILE_UNIT + offs_t
             k = load_rows(K, cols, offs_d, stride_kn, cols, HEAD_DIM, BLOCK_D, False)
             v = load_rows(V, cols, offs_d, stride_vn, cols, HEAD_DIM, BLOCK_D, False)
-            qk = tl.dot(q, tl.trans(k)) * qk_scale
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale
             if CAUSAL:
                 qk = tl.where(cols[None, :] <= q_pos[:, None], qk, float("-inf"))
-            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v)
+            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v, DOT)
 
         # -- single keys, gathered --
         offs_g = tl.arange(0, GATHER)
@@ -109,12 +111,12 @@ def _sparse_fwd_kernel(
             cols = tl.load(col_base + c0 + offs_g, mask=slot_ok, other=0)
             k = load_rows(K, cols, offs_d, stride_kn, slot_ok, HEAD_DIM, BLOCK_D, True)
             v = load_rows(V, cols, offs_d, stride_vn, slot_ok, HEAD_DIM, BLOCK_D, True)
-            qk = tl.dot(q, tl.trans(k)) * qk_scale
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale
             keep = slot_ok[None, :]
             if CAUSAL:
                 keep = keep & (cols[None, :] <= q_pos[:, None])
             qk = tl.where(keep, qk, float("-inf"))
-            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v)
+            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v, DOT)
 
         # -- epilogue (rows that saw no key output zeros) --
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]

@@ -19,7 +19,8 @@ from anchor.kernels.sparse_fwd import load_rows, online_softmax_step
 @triton.jit
 def _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, lo, hi,
                   stride_kn, stride_vn, n_keys, qk_scale,
-                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr):
+                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                  DOT: tl.constexpr):
     """Fold keys ``[lo, hi)`` into the online-softmax state ``(acc, l_i, m_i)``."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
@@ -27,11 +28,11 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, lo, hi,
         k = load_rows(K, cols, offs_d, stride_kn, cols < n_keys, HEAD_DIM, BLOCK_D, MASKED)
         v = load_rows(V, cols, offs_d, stride_vn, cols < n_keys, HEAD_DIM, BLOCK_D, MASKED)
         # -- scores in log2 units --
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale
         if MASKED:
             keep = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] < n_keys)
             qk = tl.where(keep, qk, float("-inf"))
-        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v)
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, qk, v, DOT)
     return acc, l_i, m_i
 
 
@@ -48,7 +49,7 @@ def _anchor_stage1_kernel(
     n_heads, n_ctx, qk_scale,  #
     GQA: tl.constexpr, GROUP: tl.constexpr, INIT: tl.constexpr, LOCAL: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  #
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,  #
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -76,11 +77,11 @@ def _anchor_stage1_kernel(
     local_lo = tl.maximum((group + 1) * GROUP - LOCAL, 0)
     local_lo = tl.maximum(local_lo, INIT)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, 0, tl.minimum(INIT, row_start),
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False, DOT)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, local_lo, row_start,
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False, DOT)
     acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, offs_m, offs_d, row_start, row_start + BLOCK_M,
-                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, True)
+                                  stride_kn, stride_vn, n_ctx, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, True, DOT)
 
     # -- epilogue: normalised partial output, log-sum-exp, pooled query and anchor --
     out = acc / l_i[:, None]

@@ -203,3 +203,11 @@ def test_bad_inputs_raise_clear_errors():
         AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=16)
     with pytest.raises(ValueError, match="block_size"):
         AnchorParams(theta=1.0, step=2, block_size=24, init_size=None, local_size=None)
+
+
+def test_fp32_inputs_use_ieee_dots():
+    """fp32 kernels compute the fp32 references' function (GPU dots would otherwise round to TF32)."""
+    from anchor.ops import dot_precision
+
+    assert dot_precision(torch.zeros(1, dtype=torch.float32)) == "ieee"
+    assert {dot_precision(torch.zeros(1, dtype=t)) for t in (torch.float16, torch.bfloat16)} == {"tf32"}
