@@ -130,9 +130,10 @@ def environment(config: Mapping[str, Any]) -> dict[str, Any]:
 
     status = _git("status", "--porcelain")
     return {
-        # a copy without .git (e.g. a GPU box) may pass the commit in ANCHOR_HARNESS_GIT_SHA
-        "git_sha": _git("rev-parse", "HEAD") or os.environ.get("ANCHOR_HARNESS_GIT_SHA"),
-        "git_dirty": None if status is None else bool(status),
+        # ANCHOR_HARNESS_GIT_SHA names the commit of a copy whose .git is missing or stale (a GPU
+        # box synced from a working tree); it wins over git, and then dirtiness is unknown
+        "git_sha": os.environ.get("ANCHOR_HARNESS_GIT_SHA") or _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None or os.environ.get("ANCHOR_HARNESS_GIT_SHA") else bool(status),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": _version("triton"),

@@ -74,6 +74,13 @@ def test_summary_schema(tmp_path):
     assert datetime.fromisoformat(env["timestamp_utc"]).utcoffset().total_seconds() == 0
 
 
+def test_git_sha_override_wins_over_the_checkout(tmp_path, monkeypatch):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("ANCHOR_HARNESS_GIT_SHA", sha)
+    env = json.loads(ResultWriter(tmp_path, {}).finish({}).read_text())["env"]
+    assert env["git_sha"] == sha and env["git_dirty"] is None
+
+
 def test_summarize_by():
     rows = [{"case": "r", "length": 1, "err": 1.0, "d": 0.5}, {"case": "r", "length": 1, "err": 3.0},
             {"case": "s", "length": 1, "err": None, "d": 0.2}, {"case": "r", "length": 2, "err": 4.0}]
