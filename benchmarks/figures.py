@@ -400,7 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default=None, help=f"comma-separated parts to write, of {','.join(PARTS)}")
     args = p.parse_args(argv)
     chosen = dict(s.split("=", 1) for s in args.setting)
-    recall_fig, sparsity_fig = (int(x) for x in args.heatmap_figures.split(","))
+    numbers = args.heatmap_figures.split(",")
+    if len(numbers) != 2 or not all(x.strip().isdigit() for x in numbers):
+        p.error(f"--heatmap-figures: expected two figure numbers such as 9,10, got {args.heatmap_figures!r}")
+    recall_fig, sparsity_fig = (int(x) for x in numbers)
     only = args.only.split(",") if args.only else None
     for path in write_figures(args.folders, args.out, args.length, args.latency_length, chosen,
                               (recall_fig, sparsity_fig), only):

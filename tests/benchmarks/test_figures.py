@@ -125,6 +125,8 @@ def test_heatmap_figure_numbers_and_only_parts(tmp_path):
     assert "Figs. 9/10 heatmaps" in index and "Table 4" not in index
     with pytest.raises(ValueError, match="unknown parts"):
         figures.write_figures([tmp_path / "run"], out, only=["fig7"])
+    with pytest.raises(SystemExit):
+        figures.main([str(tmp_path / "run"), "--out", str(out), "--heatmap-figures", "9"])
 
 
 def test_load_analysis_names_metrics_apart(tmp_path):
