@@ -53,6 +53,14 @@ def check_block(name: str, value: int) -> None:
         raise ValueError(f"{name} must be one of {KERNEL_TILES}, got {value!r}")
 
 
+def resolve_attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, index: SparseIndex) -> str:
+    """The kernel ``attend`` runs for ``backend``: ``"fa4"``, ``"triton"`` or ``"torch"`` (see there)."""
+    check_backend(backend)
+    if backend == "fa4" or (backend == "auto" and fa4_sparse_problem(q, index, k.shape[2]) is None):
+        return "fa4"
+    return "triton" if use_triton(backend, q) else "torch"
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
            sm_scale: float, backend: str) -> torch.Tensor:
     """Causal attention of each row list over its index keys: ``[B, Hq, Lq, D]`` in q's dtype.
@@ -64,10 +72,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex
     ``fa4`` extra; raises with the reason otherwise); ``auto``: FA4 where it can run, else Triton
     on CUDA, the reference otherwise. Every kernel computes the same key sets.
     """
-    check_backend(backend)
-    if backend == "fa4" or (backend == "auto" and fa4_sparse_problem(q, index, k.shape[2]) is None):
+    ran = resolve_attend_backend(backend, q, k, index)
+    if ran == "fa4":
         return fa4_sparse_attention(q, k, v, index, sm_scale=sm_scale)[0]
-    if not use_triton(backend, q):
+    if ran == "torch":
         return sparse_attention_reference(q, k, v, index, sm_scale=sm_scale, causal=True)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, _ = sparse_attention(q, k, v, index, sm_scale=sm_scale, causal=True)

@@ -16,6 +16,7 @@ from methods.index_builders import (
     index_from_diagonals,
     index_from_tile_mask,
     index_pair_counts,
+    resolve_attend_backend,
 )
 from tests.anchor.helpers import assert_close_to_baseline
 from tests.methods.helpers import needs_triton, qkv
@@ -247,6 +248,8 @@ def test_attend_routes_whole_tile_indexes_to_fa4(monkeypatch):
     with pytest.raises(ValueError, match="FA4 needs CUDA"):
         attend(q, k, v, index, sm_scale=0.2, backend="fa4")
     torch.testing.assert_close(attend(q, k, v, index, sm_scale=0.2, backend="auto"), ref)
+    assert resolve_attend_backend("auto", q, k, index) == "torch"
+    assert resolve_attend_backend("triton", q, k, index) == "triton"
     calls = []
 
     def fake_fa4(q, k, v, index, *, sm_scale):
@@ -255,6 +258,7 @@ def test_attend_routes_whole_tile_indexes_to_fa4(monkeypatch):
     monkeypatch.setattr(builders, "fa4_sparse_problem", lambda q, index, k_len: None)
     monkeypatch.setattr(builders, "fa4_sparse_attention", fake_fa4)
     torch.testing.assert_close(attend(q, k, v, index, sm_scale=0.2, backend="auto"), ref)
+    assert resolve_attend_backend("auto", q, k, index) == "fa4"
     attend(q, k, v, index, sm_scale=0.2, backend="torch")
     assert calls == [0.2]
     monkeypatch.setattr(builders, "fa4_sparse_problem", lambda q, index, k_len: "tile 64")
