@@ -288,21 +288,20 @@ def timing_stage1(rep: Report, N: int):
     index, _ = index_from_tile_mask(tiles, tile=128, rows_per_list=128, q_len=N, k_len=N)
     per_head = blocks_from_index(index, q_len=N, k_len=N)
     params = AnchorParams(theta=12.0, step=16, block_size=128, init_size=None, local_size=None)
+    o1, l1 = fa4.fa4_block_sparse(q, k, v, shared)
     cases = [("fa4 shared blocks", lambda: fa4.fa4_block_sparse(q, k, v, shared)),
              ("fa4 per-head blocks", lambda: fa4.fa4_block_sparse(q, k, v, per_head)),
              ("fa4 from SparseIndex (incl. conversion)", lambda: fa4.fa4_sparse_attention(q, k, v, index)),
              ("index -> blocks conversion only", lambda: blocks_from_index(index, q_len=N, k_len=N)),
              ("triton sparse_attention, same index", lambda: ops.sparse_attention(q, k, v, index)),
-             ("triton anchor stage 1 (out, lse, pooled q, anchors)", lambda: ops.run_stage1(q, k, v, params))]
+             ("triton anchor stage 1 (out, lse, pooled q, anchors)", lambda: ops.run_stage1(q, k, v, params)),
+             ("lse merge of two such partials (Triton)", lambda: merge_partials(o1, l1, o1, l1))]
     for name, fn in cases:
         def one(fn=fn, name=name):
             ms = bench(fn)
             rep.timings.append({"name": f"stage-1 pattern N={N}: {name}", "ms": ms})
             return {"ms": ms, "ok": True}
         rep.run("timing", f"stage1-{N}-{name}", one, min_left=25)
-    o1, l1 = fa4.fa4_block_sparse(q, k, v, shared)
-    rep.run("timing", f"merge-{N}", lambda: {"ms": bench(lambda: merge_partials(o1, l1, o1, l1)), "ok": True})
-    rep.timings.append({"name": f"lse merge N={N} (32 heads, D128)", "ms": rep.checks[-1].get("ms", float("nan"))})
 
 
 # ---------------------------------------------------------------------------------- varlen --

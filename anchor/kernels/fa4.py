@@ -17,6 +17,9 @@ FA4 is optional (``pip install -e ".[fa4]"`` on CUDA machines, or the staged whe
 * Block sparsity runs here on sm90 only, with 128x128 blocks and head_dim <= 128: sm90 needs the
   sparse KV block to equal its key tile (128 for head_dim <= 128; 112/80 above) and sm100 tiles
   queries by 256 rows (``q_stage = 2``), which 128-row lists cannot express.
+* No row maximum is returned on sm90 (only out and LSE: ``flash_fwd_sm90.py`` hands the epilogue
+  ``softmax.row_sum`` turned into the LSE; ``row_max`` outputs exist only for Blackwell sparse
+  MLA), so AnchorAttention's anchors cannot come from FA4.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 
 from anchor.checks import check_qkv
 from anchor.kernels.fa4_blocks import KV_BLOCK, Q_BLOCK, FA4Blocks, blocks_from_index, index_fa4_problem
+from anchor.kernels.lse_merge import lse_log2_to_natural, lse_natural_to_log2
 from anchor.sparse_index import SparseIndex
 
 FA4_VERSION = "4.0.0b36"
@@ -196,3 +200,7 @@ def fa4_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inde
     _, _, _, Lq, Lk, _ = check_qkv(q, k, v)
     _require(fa4_sparse_problem(q, index, Lk))
     return fa4_block_sparse(q, k, v, blocks_from_index(index, q_len=Lq, k_len=Lk), sm_scale=sm_scale)
+
+
+__all__ = ["fa4_available", "fa4_installed", "fa4_dense", "fa4_dense_problem", "fa4_block_sparse",
+           "fa4_sparse_attention", "fa4_sparse_problem", "lse_natural_to_log2", "lse_log2_to_natural"]
