@@ -29,3 +29,20 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
     if q.device != k.device or q.device != v.device:
         raise ValueError(f"q, k, v on different devices: {q.device}, {k.device}, {v.device}")
     return B, Hq, Hkv, Lq, Lk, D
+
+
+def check_triton_inputs(*tensors: torch.Tensor) -> None:
+    """Refuse inputs the Triton kernels would answer wrongly instead of returning garbage.
+
+    * bf16 CPU tensors (the Triton interpreter, ``TRITON_INTERPRET=1``): the interpreter emulates
+      bf16 incorrectly (relative errors of order 1e8); use fp16/fp32 there, or the PyTorch backend.
+    * inputs that require grad while grad mode is on: the kernels are forward-only (prefill
+      inference); their output would silently lack a ``grad_fn``. Run under ``torch.no_grad()``
+      / ``torch.inference_mode()``, or use the PyTorch reference backend for gradients.
+    """
+    if any(t.dtype == torch.bfloat16 and not t.is_cuda for t in tensors):
+        raise ValueError("bf16 inputs are not supported by the Triton interpreter (CPU tensors): its bf16 "
+                         "emulation returns wrong results; use fp16/fp32 or the torch backend")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError("the Triton kernels are forward-only (prefill inference only): an input requires "
+                           "grad; run under torch.no_grad() or use the torch backend for autograd")

@@ -11,15 +11,17 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from anchor.checks import check_qkv
+from anchor.checks import check_qkv, check_triton_inputs
 from anchor.kernels.select import _anchor_compact_kernel, _anchor_score_kernel
 from anchor.kernels.sparse_fwd import _sparse_fwd_kernel
 from anchor.kernels.stage1 import _anchor_stage1_kernel
 from anchor.params import AnchorParams
-from anchor.reference import LOG2E, anchor_attention_reference, anchor_pair_counts
+from anchor.reference import LOG2E, anchor_attention_reference, anchor_stats
 from anchor.sparse_index import SparseIndex, index_from_counts
 from anchor.stats import AttentionStats, causal_pair_count
+from anchor.tail import dense_causal_attention, query_aware_tail_attention
 
 COMPACT_CHUNK = 16   # tiles expanded per step of the compaction kernel
 
@@ -109,12 +111,28 @@ def dot_precision(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
-def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams) -> Stage1Result:
-    """Stage 1: online softmax over initial + local regions, pooled queries and anchors."""
+def _check_out(out: torch.Tensor, like: torch.Tensor) -> None:
+    """``out`` must match ``like``'s shape, dtype and device and have unit stride in ``D``."""
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {like.dtype} {tuple(like.shape)} tensor on {like.device} with unit "
+                         f"last stride, got {out.dtype} {tuple(out.shape)} on {out.device}, strides {out.stride()}")
+
+
+def run_stage1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams, *,
+               out: torch.Tensor | None = None) -> Stage1Result:
+    """Stage 1: online softmax over initial + local regions, pooled queries and anchors.
+
+    ``out``: where to write the partial output (``[B, Hq, N, D]`` like q, may be a view of a
+    larger buffer, e.g. a row slice); a new tensor if ``None``. Tensors may be strided views
+    with unit stride in ``D``.
+    """
     B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
+    check_triton_inputs(q, k, v)
     bs = params.block_size
     n_blocks = math.ceil(N / bs)
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    _check_out(out, q)
     lse = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
     qbar = torch.empty(B, Hq, n_blocks, D, dtype=q.dtype, device=q.device)
     abar = torch.empty(B, Hq, n_blocks, dtype=torch.float32, device=q.device)
@@ -144,6 +162,7 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
     compacted: its index buffers are left unwritten (the caller computes dense attention).
     """
     B, Hq, Hkv, _, N, D = check_qkv(q, k, k)
+    check_triton_inputs(q, k)
     gqa, tile, G = Hq // Hkv, params.block_size, params.group
     n_groups, n_blocks = math.ceil(N / G), math.ceil(N / tile)
     n_tiles = math.ceil(N / tile)
@@ -185,6 +204,8 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
 
 def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, resume: bool, causal: bool):
     B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
+    check_triton_inputs(q, k, v)
+    _check_out(out, q)
     block_m = min(128, index.rows_per_list & -index.rows_per_list)     # largest power of two dividing it
     if block_m < 16:
         raise ValueError(f"rows_per_list={index.rows_per_list} must be a multiple of 16")
@@ -211,21 +232,29 @@ def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Resu
     return s1.out
 
 
+def _resume_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float) -> None:
+    """Fold ``index``'s keys into a normalised partial output ``out`` with log2 LSE ``lse`` (in place)."""
+    _launch_sparse(q, k, v, out, lse, index, sm_scale, resume=True, causal=False)
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
-                     sm_scale: float | None = None, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of each row list over its index keys (Triton). Used by the block/column baselines.
+                     sm_scale: float | None = None, causal: bool = True, out: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of each row list over its index keys (Triton). Used by the block/column baselines
+    and the ``query_aware`` tail. Forward only (inference): inputs requiring grad are refused.
 
     Args:
         q: ``[B, Hq, Lq, D]``; k, v: ``[B, Hkv, Lk, D]``; queries are the last ``Lq`` positions.
         index: one list per ``index.rows_per_list`` query rows; whole tiles start at
             ``full_ids * index.tile_unit`` (aligned or not).
         causal: mask keys after each query's position (needed when lists reach the diagonal).
+        out: where to write the output (like q; may be a strided view); a new tensor if ``None``.
 
     Returns:
         ``(out [B, Hq, Lq, D], lse [B, Hq, Lq] fp32 in log2 units)``; rows with no key give zeros.
     """
     check_qkv(q, k, v)
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
     _launch_sparse(q, k, v, out, lse, index, scale, resume=False, causal=causal)
@@ -233,42 +262,51 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
 
 
 def selection_key_mask(sel: Selection, n_keys: int) -> torch.Tensor:
-    """bool ``[B, Hq, n_groups, n_keys]``: keys selected for each group (from the bitmask)."""
+    """bool ``[B, Hq, n_groups, n_keys]``: keys selected for each group (from the bitmask); keys
+    past the selection's own length (e.g. a ``dense`` tail's) are False."""
     word_bits = _word_bits(sel.index.tile)
     shifts = torch.arange(word_bits, device=sel.bits.device, dtype=torch.int32)
     bits = (sel.bits[..., None] >> shifts) & 1                          # [B, H, nG, words, bits]
-    return bits.flatten(-2)[..., :n_keys].bool()
+    keys = bits.flatten(-2)[..., :n_keys].bool()
+    return F.pad(keys, (0, n_keys - keys.shape[-1]))
 
 
 def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams, *,
                      backend: str = "auto", dense_if_complete: bool = False, zero_anchor: bool = False
                      ) -> tuple[torch.Tensor, AttentionStats]:
     """AnchorAttention prefill: causal attention over the initial tokens, the local window and the
-    keys each group of ``block_size * step`` queries selects against its pooled anchor.
+    keys each group of ``block_size * step`` queries selects against its pooled anchor; the last
+    ``N mod (block_size * step)`` rows follow ``params.tail`` (``anchor/tail.py``: ``dense`` as the
+    authors' wrapper and the paper, ``sparse`` as one partial group, or ``query_aware``).
 
     Args:
         q: ``[B, Hq, N, D]``; k, v: ``[B, Hkv, N, D]`` (GQA: query head ``h`` uses KV head
-            ``h // (Hq // Hkv)``; K/V are never repeated). fp16/bf16 (fp32 for the CPU
-            interpreter). Any ``N``; ``D`` any size up to 256 (padded to a power of two inside).
+            ``h // (Hq // Hkv)``; K/V are never repeated). fp16/bf16 (fp16/fp32 for the CPU
+            interpreter, which refuses bf16). Any ``N``; ``D`` any size up to 256 (padded to a power
+            of two inside). The Triton path is forward-only: inputs requiring grad (with grad
+            mode on) are refused; the ``torch`` backend supports autograd.
         params: hyperparameters (``conf/method/anchor.yaml`` holds the defaults).
         backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (see ``use_triton``).
-        dense_if_complete: when the selection kept every candidate of every group (the result
-            is then exactly dense causal attention), compute stage 3's share with dense SDPA
-            (cuDNN on CUDA) instead of the sparse kernel. Counted as a dense fallback: stats
-            stage ``dense`` holds all causal pairs on top of the estimation stages.
+        dense_if_complete: when the selection kept every candidate of every group (the grouped
+            rows are then exactly dense causal attention), compute them with dense SDPA (cuDNN on
+            CUDA) instead of the sparse kernel. Counted as a dense fallback: stats stage
+            ``dense`` holds their causal pairs on top of the estimation stages.
         zero_anchor: compare pooled scores with 0 instead of the pooled anchors (the paper's
             "without anchor" ablation, Table 4).
 
     Returns:
-        ``(out [B, Hq, N, D], AttentionStats)``. Stats stages: ``anchor`` (initial + local
-        pairs), ``select`` (pooled rows x candidate keys), ``sparse`` (group rows x selected keys).
+        ``(out [B, Hq, N, D], AttentionStats)`` (``anchor.reference.anchor_stats``). Stats stages:
+        ``anchor`` (initial + local pairs), ``select`` (pooled rows x candidate keys), ``sparse``
+        (group rows x selected keys), and the tail's (``anchor_pair_counts``); extras
+        ``degenerate_dense`` and ``upstream_ratio``.
 
     Extra memory (Triton path) beyond the output: fp32 log-sum-exp ``B*Hq*N``; pooled queries
     ``B*Hq*(N/block)*D`` and anchors; a bitmask of ``B*Hq*ceil(N/G)*N/32`` int32 words
     (1/32 of the authors' coordinate array); per-tile counts ``B*Hq*ceil(N/G)*N/block`` int32;
     and the index itself, 4 bytes per selected key outside whole tiles plus 4 bytes per whole tile.
     The stage-1 partial output is kept normalised in the output buffer (in q's dtype), so bf16
-    inputs see one extra bf16 rounding of that partial result.
+    inputs see one extra bf16 rounding of that partial result. The ``query_aware`` tail adds a
+    bool key mask of at most ``tail.MASK_BUDGET`` elements per head chunk.
     """
     B, Hq, Hkv, Lq, N, D = check_qkv(q, k, v)
     if Lq != N:
@@ -277,29 +315,37 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
         return anchor_attention_reference(q, k, v, params, zero_anchor=zero_anchor)
     if D > 256:
         raise ValueError(f"head_dim {D} > 256 is not supported")
+    check_triton_inputs(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    s1 = run_stage1(q, k, v, params)
-    if zero_anchor:
-        s1.abar.zero_()
-    sel = run_selection(q, k, s1, params, compact_if_complete=not dense_if_complete)
-    counts = anchor_pair_counts(params, N, sel.index.keys_per_list())
-    if dense_if_complete and sel.complete:
-        del counts["sparse"]
-        counts["dense"] = torch.full((B, Hq), causal_pair_count(N, N), dtype=torch.int64)
-        out = _dense_sdpa(q, k, v, params.scale(D))
-        return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N), dense_fallback=1)
-    out = run_sparse(q, k, v, s1, sel, params)
-    return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
-
-
-def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Dense causal SDPA with native GQA, cuDNN first on CUDA."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                SDPBackend.MATH]
-    with sdpa_kernel(backends, set_priority=True) if q.is_cuda else sdpa_kernel(SDPBackend.MATH):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                                enable_gqa=True)
+    P, scale = params.prefix_len(N), params.scale(D)
+    out = torch.empty_like(q)
+    selected = torch.zeros(B, Hq, 0, dtype=torch.int64, device=q.device)
+    complete = False
+    if P > 0:                                   # the grouped rows, written into out[:, :, :P]
+        qp, kp, vp = q[:, :, :P], k[:, :, :P], v[:, :, :P]
+        s1 = run_stage1(qp, kp, vp, params, out=out[:, :, :P])
+        if zero_anchor:
+            s1.abar.zero_()
+        sel = run_selection(qp, kp, s1, params, compact_if_complete=not dense_if_complete)
+        selected, complete = sel.index.keys_per_list(), dense_if_complete and sel.complete
+        if not complete:
+            run_sparse(qp, kp, vp, s1, sel, params)
+        elif params.tail != "dense":
+            out[:, :, :P] = dense_causal_attention(qp, kp, vp, scale)
+    tail_selected = None
+    if params.tail == "dense" and complete:      # every row is dense: one call over all rows
+        out = dense_causal_attention(q, k, v, scale)
+    elif params.tail == "dense" and P < N:
+        out[:, :, P:] = dense_causal_attention(q[:, :, P:], k, v, scale)
+    elif params.tail == "query_aware" and P < N:
+        tail_selected = query_aware_tail_attention(q, k, v, params, out[:, :, P:], _resume_sparse,
+                                                   zero_anchor=zero_anchor)
+    stats = anchor_stats(params, N, selected, tail_selected)
+    if complete:
+        del stats.pairs["sparse"]
+        stats.pairs["dense"] = torch.full((B, Hq), causal_pair_count(P, P), dtype=torch.int64)
+        stats.dense_fallback = 1
+    return out, stats
 
 
 __all__ = ["anchor_attention", "run_stage1", "run_selection", "run_sparse", "sparse_attention",

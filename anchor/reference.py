@@ -43,20 +43,45 @@ def dense_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @dataclass
-class AnchorSelection:
-    """What the anchor selection decided, for inspection and recall studies.
+class TailSelection:
+    """The ``query_aware`` tail's own selection: rows ``[P, N)`` in blocks of ``tail_block_size``.
 
     Attributes:
-        keys: bool ``[B, Hq, n_groups, N]``: key ``j`` selected for group ``g`` (only candidates
-            ``[init, L_g)`` can be set).
-        anchor: fp32 ``[B, Hq, N]``: row max of the scaled logits over the initial + local regions
-            (natural-log units), i.e. the anchor of every query.
-        pooled_anchor: fp32 ``[B, Hq, n_blocks]``: mean anchor of each query block.
+        keys: bool ``[B, Hq, n_tail_blocks, N]``: key ``j`` selected for tail block ``t`` (only
+            candidates ``[init, L_g)`` of the tail's group ``g = P // G`` can be set).
+        anchor: fp32 ``[B, Hq, T]``: row max of the scaled logits over each tail row's stage-1
+            regions (nats).
+        pooled_anchor: fp32 ``[B, Hq, n_tail_blocks]``: mean anchor of each tail block (zeros
+            with ``zero_anchor`` or when the tail has no candidates).
+        out, lse: with values given, the tail rows' fp32 attention over their stage-1 regions
+            ``[B, Hq, T, D]`` (normalised) and its log-sum-exp ``[B, Hq, T]`` (log2 units): the
+            state the sparse kernel resumes from. ``None`` otherwise.
     """
 
     keys: torch.Tensor
     anchor: torch.Tensor
     pooled_anchor: torch.Tensor
+    out: torch.Tensor | None = None
+    lse: torch.Tensor | None = None
+
+
+@dataclass
+class AnchorSelection:
+    """What the anchor selection decided, for inspection and recall studies.
+
+    Attributes:
+        keys: bool ``[B, Hq, n_groups, N]``: key ``j`` selected for group ``g`` of the grouped
+            rows ``[0, P)``, ``P = params.prefix_len(N)`` (only candidates ``[init, L_g)`` can be set).
+        anchor: fp32 ``[B, Hq, N]``: row max of the scaled logits over the initial + local regions
+            (natural-log units), i.e. the anchor of every query.
+        pooled_anchor: fp32 ``[B, Hq, ceil(P / block_size)]``: mean anchor of each query block.
+        tail: the ``query_aware`` tail's selection (``None`` for the other rules or without tail).
+    """
+
+    keys: torch.Tensor
+    anchor: torch.Tensor
+    pooled_anchor: torch.Tensor
+    tail: TailSelection | None = None
 
 
 def stage1_mask(params: AnchorParams, rows: torch.Tensor, n_keys: int) -> torch.Tensor:
@@ -68,11 +93,29 @@ def stage1_mask(params: AnchorParams, rows: torch.Tensor, n_keys: int) -> torch.
     return (j <= i) & ((j < params.init) | (j >= local_lo))
 
 
-def attended_mask(params: AnchorParams, selected: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """bool ``[len(rows), N]``: every key row ``i`` attends to (stage-1 regions plus its group's
-    selection). ``selected`` is one head's ``[n_groups, N]`` slice of ``AnchorSelection.keys``."""
-    groups = rows // params.group
-    return stage1_mask(params, rows, selected.shape[-1]) | selected[groups]
+def attended_mask(params: AnchorParams, selected: torch.Tensor, rows: torch.Tensor,
+                  tail_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """bool ``[len(rows), N]``: every key row ``i`` attends under ``params.tail``.
+
+    Rows ``i < P = params.prefix_len(N)``: stage-1 regions plus the selection of group ``i // G``
+    (``selected``: one head's ``[n_groups, N]`` slice of ``AnchorSelection.keys``). Tail rows:
+    every causal key (``dense``) or stage-1 regions plus the selection of their tail block
+    (``query_aware``; ``tail_keys``: one head's ``[n_tail_blocks, N]`` slice of ``TailSelection.keys``).
+    """
+    n_keys = selected.shape[-1]
+    P = params.prefix_len(n_keys)
+    mask = stage1_mask(params, rows, n_keys)
+    head = rows < P
+    mask[head] |= selected[rows[head] // params.group]
+    if not head.all():
+        tail_rows = rows[~head]
+        if params.tail == "dense":
+            mask[~head] = torch.arange(n_keys, device=rows.device)[None, :] <= tail_rows[:, None]
+        elif tail_keys is None:
+            raise ValueError("query_aware tail rows need tail_keys (AnchorSelection.tail.keys)")
+        else:
+            mask[~head] |= tail_keys[(tail_rows - P) // params.tail_block_size]
+    return mask
 
 
 def pool_rows(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -87,7 +130,8 @@ def pool_rows(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorParams,
                                chunk: int = 1024, zero_anchor: bool = False) -> AnchorSelection:
-    """Stages 1-2 of AnchorAttention: anchors, pooled anchors and the stripe selection.
+    """Stages 1-2 of AnchorAttention: anchors, pooled anchors and the stripe selection of the
+    groups of rows ``[0, P)`` (and, for ``query_aware``, the tail's selection).
 
     Pooled queries are rounded to the input dtype before the product with the keys, as the
     kernels do; everything else is fp32. ``zero_anchor`` compares with 0 instead of the pooled
@@ -97,7 +141,8 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
     if Lq != N:
         raise ValueError("AnchorAttention is defined for full prefill (Lq == Lk)")
     rep, scale, G, bs = Hq // Hkv, params.scale(D), params.group, params.block_size
-    n_groups, n_blocks = math.ceil(N / G), math.ceil(N / bs)
+    P = params.prefix_len(N)
+    n_groups, n_blocks = math.ceil(P / G), math.ceil(P / bs)
     keys = torch.zeros(B, Hq, n_groups, N, dtype=torch.bool, device=q.device)
     anchor = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
     pooled = torch.empty(B, Hq, n_blocks, dtype=torch.float32, device=q.device)
@@ -109,8 +154,8 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
                 sc = (qf[rows] @ kf[: rows[-1] + 1].T) * scale           # [c, <=N]
                 sc.masked_fill_(~stage1_mask(params, rows, sc.shape[1]), float("-inf"))
                 anchor[b, h, rows] = sc.amax(-1)
-            pooled[b, h] = 0.0 if zero_anchor else pool_rows(anchor[b, h, :, None], bs)[:, 0]
-            qbar = pool_rows(qf, bs).to(q.dtype).float()                 # [nb, D]
+            pooled[b, h] = 0.0 if zero_anchor else pool_rows(anchor[b, h, :P, None], bs)[:, 0]
+            qbar = pool_rows(qf[:P], bs).to(q.dtype).float()             # [nb, D]
             for g in range(n_groups):
                 lo, hi = params.candidate_range(g)
                 hi = min(hi, N)
@@ -120,12 +165,64 @@ def anchor_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorP
                 sbar = (qbar[blocks] @ kf[lo:hi].T) * scale              # [step, hi-lo]
                 hit = sbar + params.theta >= pooled[b, h, blocks, None]
                 keys[b, h, g, lo:hi] = hit.any(0)
-    return AnchorSelection(keys=keys, anchor=anchor, pooled_anchor=pooled)
+    tail = tail_selection_reference(q, k, params, zero_anchor=zero_anchor) \
+        if params.tail == "query_aware" and P < N else None
+    return AnchorSelection(keys=keys, anchor=anchor, pooled_anchor=pooled, tail=tail)
+
+
+def tail_selection_reference(q: torch.Tensor, k: torch.Tensor, params: AnchorParams, zero_anchor: bool = False,
+                             v: torch.Tensor | None = None) -> TailSelection:
+    """The ``query_aware`` tail's selection (any heads slice ``q [B, Hq, N, D]``, ``k [B, Hkv, N, D]``).
+
+    Rows ``[P, N)`` (``P = N - N mod G``) form blocks of ``tail_block_size`` rows (the last one
+    may be short). Per row, the anchor is the row max over its stage-1 regions; per block, the
+    pooled query (mean of its rows, rounded to the input dtype) and pooled anchor (mean). Key
+    ``j`` in the candidates ``[init, L_g)`` of group ``g = P // G`` is kept for the block if
+    ``qbar . k_j * scale + theta >= abar`` (``abar = 0`` with ``zero_anchor``). Each block keeps
+    its own keys (no OR over blocks). With ``v`` the same scores also give the stage-1 attention
+    state (``TailSelection.out``/``lse``). fp32, one KV head at a time: memory
+    ``O(rep * T * (init + local + T))``.
+    """
+    B, Hq, Hkv, _, N, D = check_qkv(q, k, k)
+    rep, scale, G, tb = Hq // Hkv, params.scale(D), params.group, params.tail_block_size
+    P = N - N % G
+    T, nb = N - P, math.ceil((N - P) / tb)
+    lo, hi = params.candidate_range(P // G)
+    dev = q.device
+    keys = torch.zeros(B, Hq, nb, N, dtype=torch.bool, device=dev)
+    anchor = torch.empty(B, Hq, T, device=dev)
+    pooled = torch.zeros(B, Hq, nb, device=dev)
+    out = None if v is None else torch.empty(B, Hq, T, D, device=dev)
+    lse = None if v is None else torch.empty(B, Hq, T, device=dev)
+    rows = torch.arange(P, N, device=dev)
+    local_lo = min(N, max(params.init, params.local_start(P // G)))
+    s1_keys = torch.cat([torch.arange(0, min(params.init, N), device=dev), torch.arange(local_lo, N, device=dev)])
+    future = s1_keys[None, :] > rows[:, None]                            # [T, n_s1]
+    for b in range(B):
+        for hk in range(Hkv):
+            heads = slice(hk * rep, (hk + 1) * rep)
+            qt, kf = q[b, heads, P:].float(), k[b, hk].float()           # [rep, T, D], [N, D]
+            sc = (qt @ kf[s1_keys].T) * scale                            # [rep, T, n_s1]
+            sc.masked_fill_(future, float("-inf"))
+            anchor[b, heads] = sc.amax(-1)
+            if v is not None:
+                lse_nat = sc.logsumexp(-1)                               # [rep, T]
+                out[b, heads] = (sc - lse_nat[..., None]).exp() @ v[b, hk, s1_keys].float()
+                lse[b, heads] = lse_nat * LOG2E
+            if hi <= lo:                                                 # no candidates
+                continue
+            if not zero_anchor:
+                pooled[b, heads] = pool_rows(anchor[b, heads, :, None], tb)[..., 0]
+            qbar = pool_rows(qt, tb).to(q.dtype).float()                 # [rep, nb, D]
+            sbar = (qbar @ kf[lo:hi].T) * scale                          # [rep, nb, hi-lo]
+            keys[b, heads, :, lo:hi] = sbar + params.theta >= pooled[b, heads, :, None]
+    return TailSelection(keys=keys, anchor=anchor, pooled_anchor=pooled, out=out, lse=lse)
 
 
 @functools.lru_cache(maxsize=64)
 def _fixed_pair_counts(params: AnchorParams, N: int) -> tuple[int, int, tuple[int, ...]]:
-    """Per-head pairs of stage 1 and stage 2 (independent of the data) and rows per group."""
+    """Per-head pairs of stage 1 and stage 2 of the grouped rows ``[0, N)`` (independent of the
+    data) and rows per group."""
     G, bs = params.group, params.block_size
     rows = torch.arange(N, dtype=torch.int64)
     local_lo = torch.clamp((rows // G + 1) * G - params.local, min=0).clamp(min=params.init)
@@ -139,53 +236,118 @@ def _fixed_pair_counts(params: AnchorParams, N: int) -> tuple[int, int, tuple[in
     return int(stage1.sum()), select, tuple(rows_in_group)
 
 
-def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pairs computed by each stage, ``[B, H]`` int64 each.
+@functools.lru_cache(maxsize=64)
+def _tail_fixed_pair_counts(params: AnchorParams, N: int) -> tuple[int, int, tuple[int, ...]]:
+    """``query_aware`` tail: stage-1 pairs of rows ``[P, N)``, pooled tail rows x candidates, rows
+    per tail block (``P = N - N mod G``)."""
+    P = N - N % params.group
+    rows = torch.arange(P, N, dtype=torch.int64)
+    local_lo = max(params.init, params.local_start(P // params.group))
+    stage1 = torch.clamp(rows + 1, max=params.init) + torch.clamp(rows + 1 - local_lo, min=0)
+    lo, hi = params.candidate_range(P // params.group)
+    tb = params.tail_block_size
+    rows_in_block = tuple(min(tb, N - s) for s in range(P, N, tb))
+    return int(stage1.sum()), len(rows_in_block) * (hi - lo), rows_in_block
 
-    ``selected_per_group``: int ``[B, H, n_groups]`` number of selected keys per group.
-    Stage ``anchor``: initial + local regions; ``select``: pooled rows times candidates;
-    ``sparse``: group rows times selected keys.
+
+def anchor_pair_counts(params: AnchorParams, N: int, selected_per_group: torch.Tensor,
+                       selected_per_tail_block: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Pairs computed by each stage of an ``N``-token call, ``[B, H]`` int64 each.
+
+    ``selected_per_group``: int ``[B, H, n_groups]`` selected keys per group of the grouped rows
+    ``[0, P)``; ``selected_per_tail_block``: int ``[B, H, n_tail_blocks]`` (``query_aware``).
+    Stages ``anchor`` (initial + local pairs of rows ``[0, P)``), ``select`` (pooled rows x
+    candidates), ``sparse`` (group rows x selected keys), then by tail rule: ``dense`` adds
+    ``tail`` (every causal pair of rows ``[P, N)``); ``query_aware`` adds ``tail_anchor``
+    (stage-1 pairs of the tail rows: their anchors and partial attention), ``tail_select``
+    (pooled tail rows x candidates) and ``tail_sparse`` (tail block rows x the block's selected
+    keys); ``sparse`` adds nothing.
     """
-    stage1, select, rows_in_group = _fixed_pair_counts(params, N)
+    P = params.prefix_len(N)
+    stage1, select, rows_in_group = _fixed_pair_counts(params, P)
     shape = selected_per_group.shape[:2]
     rows_t = torch.tensor(rows_in_group, dtype=torch.int64, device=selected_per_group.device)
-    return {
+    counts = {
         "anchor": torch.full(shape, stage1, dtype=torch.int64),
         "select": torch.full(shape, select, dtype=torch.int64),
         "sparse": (selected_per_group.to(torch.int64) * rows_t).sum(-1).cpu(),
     }
+    if params.tail == "dense":
+        counts["tail"] = torch.full(shape, causal_pair_count(N, N) - causal_pair_count(P, P), dtype=torch.int64)
+    elif params.tail == "query_aware":
+        t_stage1, t_select, rows_in_block = _tail_fixed_pair_counts(params, N)
+        if selected_per_tail_block is None:
+            selected_per_tail_block = torch.zeros(*shape, len(rows_in_block), dtype=torch.int64)
+        rows_b = torch.tensor(rows_in_block, dtype=torch.int64, device=selected_per_tail_block.device)
+        counts["tail_anchor"] = torch.full(shape, t_stage1, dtype=torch.int64)
+        counts["tail_select"] = torch.full(shape, t_select, dtype=torch.int64)
+        counts["tail_sparse"] = (selected_per_tail_block.to(torch.int64) * rows_b).sum(-1).cpu()
+    return counts
+
+
+def anchor_stats(params: AnchorParams, N: int, selected_per_group: torch.Tensor,
+                 selected_per_tail_block: torch.Tensor | None = None) -> AttentionStats:
+    """``AttentionStats`` of an ``N``-token AnchorAttention call (arguments: ``anchor_pair_counts``).
+
+    ``extra["degenerate_dense"]``: 1.0 when no group (nor the ``query_aware`` tail) has
+    candidates, so the result is dense attention by construction, else 0.0.
+    ``extra["upstream_ratio"]``: the authors' operator ratio (anchor_attn_v4.py L271),
+    ``sum_{b,h,g} |Sel_g| / (B * H * P * P / G // 2)`` over the groups of the ``P`` rows the
+    grouped operator sees (``P = N`` for ``sparse``; the ``query_aware`` tail is not included, as
+    upstream has none); absent when that denominator is 0.
+    """
+    B, H = selected_per_group.shape[:2]
+    P, G = params.prefix_len(N), params.group
+    extra = {"degenerate_dense": 0.0 if params.has_candidates(N) else 1.0}
+    denom = B * H * P * P / G // 2
+    if denom > 0:
+        extra["upstream_ratio"] = float(selected_per_group.sum()) / denom
+    return AttentionStats(pairs=anchor_pair_counts(params, N, selected_per_group, selected_per_tail_block),
+                          causal_pairs=causal_pair_count(N, N), extra=extra)
 
 
 def attention_over_selection(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
-                             keys: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """fp32 ``[B, Hq, N, D]``: every row attends its stage-1 regions plus ``keys [B, Hq, n_groups, N]``
-    of its group (``attended_mask``)."""
+                             keys: torch.Tensor, chunk: int = 512, tail_keys: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+    """fp32 ``[B, Hq, N, D]``: every row attends the keys of ``attended_mask`` (``keys [B, Hq,
+    n_groups, N]``, ``tail_keys [B, Hq, n_tail_blocks, N]`` for the ``query_aware`` tail)."""
     B, Hq, Hkv, _, N, D = check_qkv(q, k, v)
     rep, scale = Hq // Hkv, params.scale(D)
     out = torch.empty(B, Hq, N, D, dtype=torch.float32, device=q.device)
     for b in range(B):
         for h in range(Hq):
             qf, kf, vf = q[b, h].float(), k[b, h // rep].float(), v[b, h // rep].float()
+            tk = None if tail_keys is None else tail_keys[b, h]
             for s in range(0, N, chunk):
                 rows = torch.arange(s, min(s + chunk, N), device=q.device)
                 sc = (qf[rows] @ kf.T) * scale                           # [c, N]
-                sc.masked_fill_(~attended_mask(params, keys[b, h], rows), float("-inf"))
+                sc.masked_fill_(~attended_mask(params, keys[b, h], rows, tk), float("-inf"))
                 out[b, h, rows] = sc.softmax(-1) @ vf
     return out
 
 
 def anchor_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AnchorParams,
                                chunk: int = 512, zero_anchor: bool = False) -> tuple[torch.Tensor, AttentionStats]:
-    """AnchorAttention in fp32: attention over stage-1 regions plus each group's selected keys.
+    """AnchorAttention in fp32: attention over stage-1 regions plus each group's selected keys,
+    the last ``N mod G`` rows following ``params.tail`` (``dense``: ``dense_attention_reference``).
 
-    Returns ``(out [B, Hq, N, D] in q's dtype, AttentionStats)``; equals dense causal attention
-    when ``theta`` keeps every candidate. ``zero_anchor``: see ``anchor_selection_reference``.
+    Returns ``(out [B, Hq, N, D] in q's dtype, AttentionStats)`` (``anchor_stats``); equals dense
+    causal attention when ``theta`` keeps every candidate. ``zero_anchor``: see
+    ``anchor_selection_reference``.
     """
-    N = check_qkv(q, k, v)[4]
+    N, D = check_qkv(q, k, v)[4:]
     sel = anchor_selection_reference(q, k, params, zero_anchor=zero_anchor)
-    out = attention_over_selection(q, k, v, params, sel.keys, chunk).to(q.dtype)
-    counts = anchor_pair_counts(params, N, sel.keys.sum(-1))
-    return out, AttentionStats(pairs=counts, causal_pairs=causal_pair_count(N, N))
+    P = params.prefix_len(N)
+    if params.tail == "dense":
+        out = torch.empty_like(q)
+        out[:, :, :P] = attention_over_selection(q[:, :, :P], k[:, :, :P], v[:, :, :P], params,
+                                                 sel.keys[..., :P], chunk)
+        out[:, :, P:] = dense_attention_reference(q[:, :, P:], k, v, params.scale(D))
+    else:
+        tail_keys = None if sel.tail is None else sel.tail.keys
+        out = attention_over_selection(q, k, v, params, sel.keys, chunk, tail_keys).to(q.dtype)
+    tail_counts = None if sel.tail is None else sel.tail.keys.sum(-1)
+    return out, anchor_stats(params, N, sel.keys.sum(-1), tail_counts)
 
 
 def sparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,

@@ -3,10 +3,13 @@
     python scripts/gpu_check_anchor.py --out $OUT          # H100: a few minutes
     TRITON_INTERPRET=1 python scripts/gpu_check_anchor.py --tiny --device cpu --out /tmp/check
 
-For each case (``CASES``: odd lengths, GQA 32/8 and 28/4, head_dim 128/64, batch 1/2) and theta:
+For each case (``CASES``: odd lengths, GQA 32/8 and 28/4, head_dim 128/64, batch 1/2), tail rule
+(``--tails``, default ``dense,query_aware``: the last ``N mod G`` rows attend every causal key, or
+their own per-block selection) and theta:
 
-1. selection: the kernel's key sets (``run_selection(...).index``) vs ``anchor_selection_reference``
-   (fp32). A disagreement on key ``j`` of group ``g`` is allowed only if its margin
+1. selection: the kernel's key sets of the groups of rows ``[0, P)`` (``P = params.prefix_len(N)``;
+   ``run_selection(...).index`` on the first ``P`` tokens) vs ``anchor_selection_reference``
+   (fp32). The ``query_aware`` tail's selection is PyTorch on both paths (not compared). A disagreement on key ``j`` of group ``g`` is allowed only if its margin
    ``m = max_r (qbar_r . k_j * scale + theta - abar_r)`` satisfies ``|m| <= tol(g, j)`` with
    (``u`` = unit roundoff of the input dtype, ``|x| @ |y|`` = sum of absolute products)::
 
@@ -19,7 +22,8 @@ For each case (``CASES``: odd lengths, GQA 32/8 and 28/4, head_dim 128/64, batch
    where ``A = scale max_i |q_i| max_j |k_j|`` bounds the anchor's logits. Anchors and scores use
    the unrounded inputs with fp32 accumulation in both codes, so nothing else differs.
 2. output: the kernel output vs fp32 attention over the kernel's own key sets (stage-1 regions plus
-   its selection), so a tolerated selection flip does not count as output error. Must be within
+   its selection; tail rows by the tail rule), so a tolerated selection flip does not count as
+   output error (``err_tail_rows``: the same error on the tail rows alone, reported). Must be within
    ``2x`` the error of cuDNN SDPA (same dtype; flash if cuDNN refuses the shape, noted in
    ``noise_backend``) vs fp32 dense attention (floor ``1e-6`` for fp32 dry runs). The error vs
    ``anchor_attention_reference`` (its own selection, output rounded to the input dtype) is
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # run from
 from anchor import ops  # noqa: E402
 from anchor.params import AnchorParams  # noqa: E402
 from anchor.reference import (  # noqa: E402
+    AnchorSelection,
     anchor_attention_reference,
     anchor_selection_reference,
     attention_over_selection,
@@ -84,6 +89,11 @@ class Case:
         return (f"N{self.N}-B{self.B}-H{self.Hq}x{self.Hkv}-D{self.D}-{self.dtype}-{self.kind}"
                 f"-b{self.block}s{self.step}")
 
+    def params(self, theta: float, tail: str) -> AnchorParams:
+        """The case's hyperparameters (default regions, ``tail_block_size`` 16)."""
+        return AnchorParams(theta=theta, step=self.step, block_size=self.block, init_size=None, local_size=None,
+                            tail=tail, tail_block_size=16)
+
 
 INF = math.inf
 CASES = [
@@ -97,6 +107,7 @@ CASES = [
 ]
 TINY_CASES = [
     Case(250, 2, 4, 2, 32, "fp32", "structured", (12.0, INF), block=16, step=2),
+    Case(201, 1, 4, 2, 32, "fp32", "structured", (1.0,), block=16, step=2),
     Case(193, 1, 6, 2, 16, "fp16", "random", (1.0,), block=16, step=2),
 ]
 
@@ -110,10 +121,10 @@ def pooled_queries(q: torch.Tensor, block: int) -> torch.Tensor:
     return (sums / counts[:, None]).to(q.dtype).float()
 
 
-def compare_selection(q, k, kern: torch.Tensor, params: AnchorParams) -> dict:
-    """Kernel key sets ``kern [B, H, nG, N]`` vs the fp32 reference, with the margin tolerance."""
-    ref = anchor_selection_reference(q, k, params)
+def compare_selection(q, k, kern: torch.Tensor, params: AnchorParams, ref: AnchorSelection) -> dict:
+    """Kernel key sets ``kern [B, H, nG, N]`` vs the fp32 reference ``ref``, with the margin tolerance."""
     B, H, N, D = q.shape
+    P = params.prefix_len(N)
     rep, scale, u = H // k.shape[1], params.scale(D), UNIT_ROUNDOFF[q.dtype]
     g32 = D * 2.0 ** -22
     res = {"selected_ref": int(ref.keys.sum()), "selected_kernel": int(kern.sum()), "disagree": 0,
@@ -122,7 +133,7 @@ def compare_selection(q, k, kern: torch.Tensor, params: AnchorParams) -> dict:
     for b in range(B):
         for h in range(H):
             kf = k[b, h // rep].float()
-            qbar = pooled_queries(q[b, h], params.block_size)               # [nb, D]
+            qbar = pooled_queries(q[b, h, :P], params.block_size)          # [nb, D]
             abar = ref.pooled_anchor[b, h]                                  # [nb] nats
             a_bound = scale * float(q[b, h].float().norm(dim=-1).max() * kf.norm(dim=-1).max())
             for g in range(kern.shape[2]):
@@ -176,22 +187,28 @@ def check_case(case: Case, args: argparse.Namespace) -> list[dict]:
     noise, noise_backend = noise_floor(qs, ks, vs, dense32)
     limit = max(2 * noise, ERR_FLOOR)
     results = []
-    for theta in case.thetas:
+    for tail, theta in ((tail, theta) for tail in args.tails.split(",") for theta in case.thetas):
         t0 = time.perf_counter()
-        params = AnchorParams(theta=theta, step=case.step, block_size=case.block, init_size=None, local_size=None)
-        out, stats = ops.anchor_attention(q, k, v, params)
-        s1 = ops.run_stage1(q, k, v, params)
-        kern = ops.run_selection(q, k, s1, params).index.to_key_mask(case.N)[:, :hs]  # [B, hs, nG, N]
+        params = case.params(theta, tail)
+        P = params.prefix_len(case.N)
+        out, stats = ops.anchor_attention(q, k, v, params, backend="triton")
+        s1 = ops.run_stage1(q[:, :, :P], k[:, :, :P], v[:, :, :P], params)
+        kern = ops.run_selection(q[:, :, :P], k[:, :, :P], s1, params).index.to_key_mask(P)[:, :hs]
+        kern = F.pad(kern, (0, case.N - P))                                  # [B, hs, nG, N]
         del s1
-        r = {"case": case.name, "theta": theta, "ref_heads": hs, "sdpa_vs_fp32": noise,
-             "noise_backend": noise_backend, "limit": limit,
-             "density": stats.density, **compare_selection(qs, ks, kern, params)}
-        r["err_same_keys"] = rel_err(out[:, :hs], attention_over_selection(qs, ks, vs, params, kern))
+        ref = anchor_selection_reference(qs, ks, params)
+        r = {"case": case.name, "tail": tail, "theta": theta, "ref_heads": hs, "sdpa_vs_fp32": noise,
+             "noise_backend": noise_backend, "limit": limit, "density": stats.density,
+             "upstream_ratio": stats.extra.get("upstream_ratio"), **compare_selection(qs, ks, kern, params, ref)}
+        same_keys = attention_over_selection(qs, ks, vs, params, kern,
+                                             tail_keys=None if ref.tail is None else ref.tail.keys)
+        r["err_same_keys"] = rel_err(out[:, :hs], same_keys)
+        r["err_tail_rows"] = rel_err(out[:, :hs, P:], same_keys[:, :, P:]) if P < case.N else None
         ref_out, ref_stats = anchor_attention_reference(qs, ks, vs, params)
         r["err_vs_reference"] = rel_err(out[:, :hs], ref_out)
         r["density_ref_heads"] = float(stats.density_per_head()[:, :hs].mean())
         r["density_reference"] = ref_stats.density
-        del ref_out, kern
+        del ref_out, kern, same_keys, ref
         checks = [r["ok"], r["err_same_keys"] <= limit]
         if math.isinf(theta):
             r["err_vs_dense"] = rel_err(out[:, :hs], dense32)
@@ -199,7 +216,8 @@ def check_case(case: Case, args: argparse.Namespace) -> list[dict]:
         r["ok"] = all(checks)
         r["seconds"] = time.perf_counter() - t0
         del out
-        print(f"{'PASS' if r['ok'] else 'FAIL'} {case.name} theta={theta}: err_same_keys={r['err_same_keys']:.3g} "
+        print(f"{'PASS' if r['ok'] else 'FAIL'} {case.name} tail={tail} theta={theta}: "
+              f"err_same_keys={r['err_same_keys']:.3g} err_tail_rows={math.nan if r['err_tail_rows'] is None else r['err_tail_rows']:.3g} "
               f"err_vs_dense={r.get('err_vs_dense', math.nan):.3g} limit={limit:.3g} "
               f"err_vs_reference={r['err_vs_reference']:.3g} disagree={r['disagree']} "
               f"(outside tol {r['disagree_outside_tol']}, max tol {r['max_tol']:.3g} nats, "
@@ -220,9 +238,10 @@ def write_report(results: list[dict], cases: list[Case], out_dir: Path, device: 
            "torch": torch.__version__, "triton": triton.__version__, "argv": sys.argv}
     (out_dir / "gpu_check.json").write_text(json.dumps(
         {"env": env, "cases": [asdict(c) for c in cases], "results": results}, indent=2, default=str) + "\n")
-    cols = ["case", "theta", "ok", "err_same_keys", "err_vs_dense", "limit", "sdpa_vs_fp32", "noise_backend",
-            "err_vs_reference",
-            "disagree", "disagree_outside_tol", "within_tol", "max_tol", "density", "density_reference"]
+    cols = ["case", "tail", "theta", "ok", "err_same_keys", "err_tail_rows", "err_vs_dense", "limit", "sdpa_vs_fp32",
+            "noise_backend", "err_vs_reference",
+            "disagree", "disagree_outside_tol", "within_tol", "max_tol", "density", "density_reference",
+            "upstream_ratio"]
     fmt = lambda x: f"{x:.3g}" if isinstance(x, float) else str(x)  # noqa: E731
     lines = [f"# AnchorAttention GPU check: {'PASS' if all(r['ok'] for r in results) else 'FAIL'}", "",
              f"{env['device']}; torch {env['torch']}; triton {env['triton']}; `{' '.join(sys.argv)}`", "",
@@ -241,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-ref-max", type=int, default=40000, help="longer inputs: first KV group only")
     p.add_argument("--stripe-fraction", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tails", default="dense,query_aware", help="tail rules to check, comma-separated")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -57,7 +57,8 @@ def _selection_disagreements(q, k, p, got: torch.Tensor, want: torch.Tensor, tol
 
 @pytest.mark.parametrize("B,Hq,Hkv,N,D,dtype,block,step,init,local,theta,stripes", CASES)
 def test_anchor_kernels_match_reference(B, Hq, Hkv, N, D, dtype, block, step, init, local, theta, stripes):
-    p = AnchorParams(theta=theta, step=step, block_size=block, init_size=init, local_size=local)
+    p = AnchorParams(theta=theta, step=step, block_size=block, init_size=init, local_size=local, tail="sparse",
+                     tail_block_size=16)
     q, k, v = (x.to(DEVICE) for x in make_qkv(B, Hq, Hkv, N, D, dtype, seed=N, stripes=stripes))
     ref_sel = anchor_selection_reference(q, k, p)
 
@@ -93,7 +94,8 @@ def test_anchor_kernels_match_reference(B, Hq, Hkv, N, D, dtype, block, step, in
 @pytest.mark.parametrize("N,dtype", [(1, torch.float32), (70, torch.float16), (128, torch.float32)])
 @pytest.mark.parametrize("dense_if_complete", [False, True])
 def test_keep_everything_equals_dense(N, dtype, dense_if_complete):
-    p = AnchorParams(theta=math.inf, step=2, block_size=16, init_size=None, local_size=None)
+    p = AnchorParams(theta=math.inf, step=2, block_size=16, init_size=None, local_size=None, tail="sparse",
+                     tail_block_size=16)
     q, k, v = (x.to(DEVICE) for x in make_qkv(1, 4, 2, N, 32, dtype, seed=7))
     out, stats = anchor_attention(q, k, v, p, backend="triton", dense_if_complete=dense_if_complete)
     ref32 = dense_attention_reference(q.float(), k.float(), v.float())
@@ -105,7 +107,8 @@ def test_keep_everything_equals_dense(N, dtype, dense_if_complete):
 
 def test_stage1_state_reproduces_its_attention():
     """With theta=-inf nothing is selected: the output is attention over the stage-1 regions."""
-    p = AnchorParams(theta=-math.inf, step=2, block_size=16, init_size=16, local_size=None)
+    p = AnchorParams(theta=-math.inf, step=2, block_size=16, init_size=16, local_size=None, tail="sparse",
+                     tail_block_size=16)
     q, k, v = (x.to(DEVICE) for x in make_qkv(1, 2, 1, 180, 32, torch.float32, seed=9))
     out, stats = anchor_attention(q, k, v, p, backend="triton")
     ref, _ = anchor_attention_reference(q, k, v, p)
@@ -190,7 +193,8 @@ def test_sparse_attention_unaligned_tiles(Lq, Lk, causal, dtype):
 
 
 def test_bad_inputs_raise_clear_errors():
-    p = AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=None)
+    p = AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=None, tail="dense",
+                     tail_block_size=16)
     q, k, v = make_qkv(1, 3, 2, 40, 16, torch.float32, seed=0)
     with pytest.raises(ValueError, match="multiple of KV heads"):
         anchor_attention(q, k, v, p)
@@ -200,9 +204,46 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="dtypes"):
         anchor_attention(q.half(), k, v, p)
     with pytest.raises(ValueError, match="local_size"):
-        AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=16)
+        AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=16, tail="dense", tail_block_size=16)
     with pytest.raises(ValueError, match="block_size"):
-        AnchorParams(theta=1.0, step=2, block_size=24, init_size=None, local_size=None)
+        AnchorParams(theta=1.0, step=2, block_size=24, init_size=None, local_size=None, tail="dense",
+                     tail_block_size=16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's bf16 (CPU tensors)")
+def test_bf16_under_the_interpreter_is_refused():
+    """The interpreter's bf16 returns garbage: every Triton entry point refuses it."""
+    p = AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=None, tail="sparse",
+                     tail_block_size=16)
+    q, k, v = make_qkv(1, 2, 1, 70, 16, torch.bfloat16, seed=0)
+    index = SparseIndex.from_key_mask(torch.ones(1, 2, 5, 70, dtype=torch.bool), 16, 16)
+    calls = {"anchor_attention": lambda: anchor_attention(q, k, v, p, backend="triton"),
+             "run_stage1": lambda: run_stage1(q, k, v, p),
+             "sparse_attention": lambda: sparse_attention(q, k, v, index)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="bf16"):
+            call()
+    out, _ = anchor_attention(q, k, v, p, backend="torch")             # the reference takes bf16
+    assert out.dtype == torch.bfloat16 and out.isfinite().all()
+
+
+def test_autograd_through_triton_is_refused():
+    """The kernels are forward-only: an input requiring grad raises instead of silently dropping
+    the graph; under no_grad the call runs, and the torch backend differentiates."""
+    p = AnchorParams(theta=1.0, step=2, block_size=16, init_size=None, local_size=None, tail="dense",
+                     tail_block_size=16)
+    q, k, v = (x.to(DEVICE) for x in make_qkv(1, 2, 1, 70, 16, torch.float32, seed=0))
+    q.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="prefill inference only"):
+        anchor_attention(q, k, v, p, backend="triton")
+    index = SparseIndex.from_key_mask(torch.ones(1, 2, 5, 70, dtype=torch.bool, device=DEVICE), 16, 16)
+    with pytest.raises(RuntimeError, match="prefill inference only"):
+        sparse_attention(q, k, v, index)
+    with torch.no_grad():
+        assert anchor_attention(q, k, v, p, backend="triton")[0].grad_fn is None
+    out, _ = anchor_attention(q.cpu(), k.cpu(), v.cpu(), p, backend="torch")
+    out.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
 
 
 def test_fp32_inputs_use_ieee_dots():

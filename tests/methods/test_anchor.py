@@ -12,12 +12,13 @@ from anchor.reference import (
     attended_mask,
     dense_attention_reference,
 )
+from anchor.stats import causal_pair_count
 from methods.anchor import AnchorMethod, AnchorZeroMethod
 from methods.registry import get_method
 from tests.anchor.helpers import assert_close_to_baseline, make_qkv
 from tests.methods.helpers import needs_triton
 
-SMALL = dict(step=2, block_size=16, init_size=None, local_size=None)
+SMALL = dict(step=2, block_size=16, init_size=None, local_size=None, tail_block_size=16)
 
 
 def test_configs_build_and_share_keys(repo_root):
@@ -27,6 +28,8 @@ def test_configs_build_and_share_keys(repo_root):
     anchor, zero = get_method(anchor_cfg), get_method(zero_cfg)
     assert type(anchor) is AnchorMethod and type(zero) is AnchorZeroMethod
     assert (anchor.params.theta, anchor.params.step, anchor.params.block_size, anchor.params.group) == (12.0, 16, 128, 2048)
+    assert (anchor.params.tail, zero.params.tail) == ("dense", "dense")      # the authors' wrapper
+    assert anchor.params.tail_block_size == zero.params.tail_block_size == 16
     with pytest.raises(TypeError, match="anchor"):
         get_method({**anchor_cfg, "thetaa": 1.0})
 
@@ -34,7 +37,7 @@ def test_configs_build_and_share_keys(repo_root):
 def test_zero_anchor_selection_matches_brute_force():
     """Key j is kept for group g iff some pooled row r of g has qbar_r . k_j * scale + theta >= 0."""
     q, k, _ = make_qkv(2, 4, 2, 150, 16, torch.float32, seed=8)
-    p = AnchorParams(theta=0.1, **{**SMALL, "init_size": 16})
+    p = AnchorParams(theta=0.1, **{**SMALL, "init_size": 16}, tail="sparse")
     keys = anchor_selection_reference(q, k, p, zero_anchor=True).keys
     for b in range(2):
         for h in range(4):
@@ -49,32 +52,40 @@ def test_zero_anchor_selection_matches_brute_force():
 
 
 @needs_triton
-@pytest.mark.parametrize("cls", [AnchorMethod, AnchorZeroMethod])
-def test_method_triton_matches_reference_and_attended(cls):
+@pytest.mark.parametrize("cls,tail", [(AnchorMethod, "dense"), (AnchorMethod, "sparse"),
+                                      (AnchorMethod, "query_aware"), (AnchorZeroMethod, "query_aware")])
+def test_method_triton_matches_reference_and_attended(cls, tail):
     q, k, v = make_qkv(1, 4, 2, 150, 32, torch.float32, seed=11, stripes=0.05)
-    method = cls(theta=0.5, **SMALL, dense_if_complete=False, backend="triton")
+    method = cls(theta=0.5, **SMALL, tail=tail, dense_if_complete=False, backend="triton")
     out, stats = method(q, k, v)
     ref, ref_stats = anchor_attention_reference(q, k, v, method.params, zero_anchor=cls.zero_anchor)
     assert_close_to_baseline(out, ref, f"{cls.name} triton vs reference")
     assert torch.equal(stats.total_pairs(), ref_stats.total_pairs())
-    keys = anchor_selection_reference(q, k, method.params, zero_anchor=cls.zero_anchor).keys
-    attended = method.attended(q, k, v)
+    sel = anchor_selection_reference(q, k, method.params, zero_anchor=cls.zero_anchor)
     rows = torch.arange(150)
-    for h in range(4):
-        assert torch.equal(attended.row_mask(0, h, rows), attended_mask(method.params, keys[0, h], rows))
+    for backend in ("triton", "torch"):
+        method.backend = backend
+        attended = method.attended(q, k, v)
+        for h in range(4):
+            tail_keys = None if sel.tail is None else sel.tail.keys[0, h]
+            want = attended_mask(method.params, sel.keys[0, h], rows, tail_keys)
+            assert torch.equal(attended.row_mask(0, h, rows), want), (backend, h)
+            if tail == "dense":                    # rows past the last whole group see every causal key
+                assert want[128:].sum() == causal_pair_count(150, 150) - causal_pair_count(128, 128)
 
 
 def test_chunked_prefill_runs_dense_and_counts_it():
     q, k, v = make_qkv(2, 4, 2, 90, 16, torch.float32, seed=2)
     for cls in (AnchorMethod, AnchorZeroMethod):
-        out, stats = cls(theta=1.0, **SMALL, dense_if_complete=False, backend="torch")(q[:, :, 50:], k, v)
+        out, stats = cls(theta=1.0, **SMALL, tail="dense", dense_if_complete=False, backend="torch")(q[:, :, 50:], k, v)
         torch.testing.assert_close(out, dense_attention_reference(q[:, :, 50:], k, v), rtol=1e-5, atol=1e-5)
         assert stats.dense_fallback == 1 and stats.density == pytest.approx(1.0)
 
 
-def test_keep_everything_equals_dense_for_both():
+@pytest.mark.parametrize("tail", ["dense", "sparse", "query_aware"])
+def test_keep_everything_equals_dense_for_both(tail):
     q, k, v = make_qkv(1, 4, 4, 90, 16, torch.float32, seed=3)
     for cls in (AnchorMethod, AnchorZeroMethod):
-        out, stats = cls(theta=math.inf, **SMALL, dense_if_complete=False, backend="torch")(q, k, v)
+        out, stats = cls(theta=math.inf, **SMALL, tail=tail, dense_if_complete=False, backend="torch")(q, k, v)
         torch.testing.assert_close(out, dense_attention_reference(q, k, v), rtol=1e-5, atol=1e-5)
         assert stats.dense_fallback == 0
