@@ -99,7 +99,11 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 @register_method("dense")
 class Dense:
-    """Dense causal attention as a prefill method (every causal pair computed, no fallback)."""
+    """Dense causal attention as a prefill method (every causal pair computed, no fallback).
+
+    ``stats.extra``: ``upstream_ratio`` = 1 (the full causal computation) and ``degenerate_dense`` = 0
+    (dense is the method, not a degenerate sparse one).
+    """
 
     def __init__(self, *, backend: str):
         if backend not in BACKENDS:
@@ -112,7 +116,9 @@ class Dense:
         """Return ``(out [B, Hq, Lq, D], stats)``; ``layer_idx`` is unused (same for every layer)."""
         batch, hq, _, q_len, k_len, _ = check_qkv(q, k, v)
         out = dense_attention(q, k, v, sm_scale=sm_scale, backend=self.backend)
-        return out, dense_stats(batch, hq, q_len, k_len, fallback=False)
+        stats = dense_stats(batch, hq, q_len, k_len, fallback=False)
+        stats.extra.update(upstream_ratio=1.0, degenerate_dense=0.0)
+        return out, stats
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  sm_scale: float | None = None) -> AttendedSet:

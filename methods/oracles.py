@@ -104,8 +104,13 @@ class _Oracle:
         index, pairs = self.select(q, k, sm_scale=scale)
         out = attend(q, k, v, index, sm_scale=scale, backend=self.backend)
         oracle = torch.full((B, Hq), Lq * Lk, dtype=torch.int64)
-        return out, AttentionStats(pairs={"oracle": oracle, "sparse": pairs},
-                                   causal_pairs=causal_pair_count(Lq, Lk))
+        stats = AttentionStats(pairs={"oracle": oracle, "sparse": pairs}, causal_pairs=causal_pair_count(Lq, Lk))
+        stats.extra["degenerate_dense"] = float(self.degenerate(Lk))
+        return out, stats
+
+    def degenerate(self, k_len: int) -> bool:
+        """The selection keeps every visible key by construction (no upstream ratio: no upstream)."""
+        return False
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  sm_scale: float | None = None) -> AttendedSet:
@@ -123,6 +128,10 @@ class OracleTopK(_Oracle):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
+
+    def degenerate(self, k_len: int) -> bool:
+        """``k`` covers every key (stripe) or key tile (block) a query block can see."""
+        return self.k >= (k_len if self.granularity == "stripe" else math.ceil(k_len / self.block_size))
 
     def choose(self, scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         masked = scores.masked_fill(~visible, float("-inf"))

@@ -106,3 +106,8 @@ def test_cuda_backends_match_reference(backend, q_len, k_len, hq, hkv):
         return
     out = dense_attention(q.cuda(), k.cuda(), v.cuda(), backend=backend)
     torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_stats_extras():
+    q, k, v = _qkv(1, 4, 2, 20, 20)
+    assert Dense(backend="auto")(q, k, v)[1].extra == {"upstream_ratio": 1.0, "degenerate_dense": 0.0}
