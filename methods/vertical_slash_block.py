@@ -30,9 +30,10 @@ class VerticalSlashBlock:
       block: ``q[:, -block_size:]``) against all keys, causal inside them (``last_block_profiles``);
     * ``vertical`` = per-key mean over those queries, sum-pooled per key block; ``slash`` = per
       token diagonal sum / ``block_size``, indexed by ``c = N - 1 - offset`` and sum-pooled in
-      blocks from ``c = 0``, so when ``N % block_size != 0`` token diagonals are binned relative to
-      the last position, not to block boundaries (block diagonal ``d`` collects the token offsets
-      ``c`` in ``[(nb - 1 - d) * block, (nb - d) * block)``), as upstream's ``transform_veritcal_slash_idx``;
+      blocks from ``c = 0`` (``sum_all_diagonal_matrix`` + ``torch_bhn_sumpool``): block diagonal
+      ``d`` collects the token offsets ``o`` with ``N - 1 - o`` in ``[(nb - 1 - d) * block,
+      (nb - d) * block)``, so when ``N % block_size != 0`` offsets are binned from the last
+      position, not from block boundaries (upstream's ``(num_blocks - 1) - topk`` indices);
     * key block 0 and the main block diagonal forced (score ``+inf``), then ``torch.topk`` of
       ``min(budget, nb)`` each (``vertical_slash_blocks``, shared with ``flexprefill``); query block
       ``r`` keeps key block ``c <= r`` if ``c`` is a kept vertical block or ``r - c`` a kept diagonal;
@@ -41,16 +42,19 @@ class VerticalSlashBlock:
 
     Where the budgets cover every block (``nb <= max(vertical blocks, slash blocks, 2)``) the
     result is dense attention by construction: the estimate is skipped and dense attention runs
-    (stage ``dense``, ``degenerate_dense = 1``, ``dense_fallback = 0``). This range contains
-    FlexPrefill's short-input rule (``seq_len <= min(vertical, slash) * block_size`` -> flash
-    attention, L557-558), which the AnchorAttention copy comments out (L549-551); both give dense
-    attention there (the copy would crash below ``block_size`` tokens). Chunked prefill
+    (stage ``dense``, ``degenerate_dense = 1``, ``dense_fallback = 0``); upstream still computes
+    the estimate and runs its sparse kernel over every block there (FlexPrefill above
+    ``min(vertical, slash) * block_size`` tokens, the AnchorAttention copy always). This range
+    contains FlexPrefill's short-input rule (``seq_len <= min(vertical, slash) * block_size`` ->
+    flash attention, L557-558), which the AnchorAttention copy comments out (L549-551); both give
+    dense attention there (the copy would crash below ``block_size`` tokens). Chunked prefill
     (``Lq < Lk``; upstream asserts ``q_len == k_len``) runs dense with ``dense_fallback = 1``.
 
     Differences from upstream: fp32 estimation logits scaled by ``sm_scale`` (upstream: input
-    dtype, ``q / sqrt(head_dim)``, fp32 softmax); batch > 1 and any head dim; GQA reads shared K/V
-    (upstream maps GQA in its kernels too). Upstream's ``causal_mask`` is a module global built on
-    the first call's block size (a later call with a larger block would fail); ours is per call.
+    dtype, ``q / sqrt(head_dim)``, fp32 softmax); batch > 1, fp16/fp32 and any head dim (upstream's
+    kernels: bf16, head dim 16-128); GQA reads shared K/V (upstream maps GQA in its kernels too).
+    Upstream's ``causal_mask`` is a module global built on the first call's block size (a later
+    call with a larger block would fail); ours is per call.
 
     Upstream ratio: FlexPrefill's ``vertical_slash_attention`` reports none (the AnchorAttention
     copy accepts ``return_computational_ratio`` and ignores it, L540), so ``stats.extra`` has no

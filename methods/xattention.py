@@ -140,7 +140,7 @@ class XAttention:
                      json.dump(t['llama_fuse_8'], open('llama31_8b_stride8.json', 'w'))"
 
     Differences: GQA scores each query head against its KV head (upstream ``repeat_kv``,
-    load_llama.py L157-159, and asserts ``num_q_head == num_kv_head``, Xattention.py L31); batch
+    load_llama.py L159-160, and asserts ``num_q_head == num_kv_head``, Xattention.py L31); batch
     > 1 and any ``block_size`` of the kernel divisible by ``stride`` (upstream asserts batch 1 and
     block 128, L356-357); estimation scaled by ``sm_scale`` (upstream ``1 / sqrt(d)``); fp16/fp32
     inputs are estimated in fp32 (upstream stores scores and sums in the input dtype; we round
