@@ -4,6 +4,9 @@
 (fp32, chunked over query blocks), per query block of ``block_size`` rows: at ``stripe``
 granularity the score of key ``j`` is ``sum_{i in block} p_ij``; at ``block`` granularity the
 score of a ``block_size``-key tile is the sum of ``p`` over the tile.
+
+Stats extras: no ``upstream_ratio`` (oracles have no upstream); ``degenerate_dense`` = 1 when the
+selection keeps every visible key or tile by construction (top-k with ``k`` covering them all).
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ class _Oracle:
         return out, stats
 
     def degenerate(self, k_len: int) -> bool:
-        """The selection keeps every visible key by construction (no upstream ratio: no upstream)."""
+        """The selection keeps every visible key by construction (never, unless a subclass says so)."""
         return False
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

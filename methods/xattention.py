@@ -26,8 +26,10 @@ MIN_CHUNKS = 16            # query-row chunks at least: bounds the masked scores
 def stride_groups(x: torch.Tensor, stride: int, n_groups: int, *, reverse: bool) -> torch.Tensor:
     """``[B, H, N, D] -> [B, H, n_groups, stride * D]``: consecutive ``stride`` rows concatenated
     (zero rows pad to ``n_groups * stride``); ``reverse`` orders each group's rows last to first."""
-    B, H, N, D = x.shape
-    x = F.pad(x, (0, 0, 0, n_groups * stride - N)).unflatten(2, (n_groups, stride))   # [B, H, G, S, D]
+    N = x.shape[2]
+    if n_groups * stride != N:
+        x = F.pad(x, (0, 0, 0, n_groups * stride - N))
+    x = x.unflatten(2, (n_groups, stride))                              # [B, H, G, S, D]
     return (x.flip(3) if reverse else x).flatten(3)
 
 
