@@ -122,7 +122,11 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 @register_method("dense")
 class Dense:
-    """Dense causal attention as a prefill method (every causal pair computed, no fallback)."""
+    """Dense causal attention as a prefill method (every causal pair computed, no fallback).
+
+    ``stats.extra``: ``upstream_ratio`` = 1 (the full causal computation) and ``degenerate_dense`` = 0
+    (dense is the method, not a degenerate sparse one).
+    """
 
     def __init__(self, *, backend: str):
         if backend not in BACKENDS:
@@ -138,7 +142,9 @@ class Dense:
         batch, hq, _, q_len, k_len, _ = check_qkv(q, k, v)
         self.last_backend = resolve_backend(self.backend, q, k, v)
         out = _run(q, k, v, sm_scale, self.last_backend)
-        return out, dense_stats(batch, hq, q_len, k_len, fallback=False)
+        stats = dense_stats(batch, hq, q_len, k_len, fallback=False)
+        stats.extra.update(upstream_ratio=1.0, degenerate_dense=0.0)
+        return out, stats
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  sm_scale: float | None = None) -> AttendedSet:

@@ -161,3 +161,8 @@ def test_fa4_backend_matches_reference(q_len, k_len):
     assert method.last_backend == "fa4"
     torch.testing.assert_close(out.float().cpu(), naive_attention(q.float(), k.float(), v.float()),
                                rtol=2e-2, atol=2e-2)
+
+
+def test_stats_extras():
+    q, k, v = _qkv(1, 4, 2, 20, 20)
+    assert Dense(backend="auto")(q, k, v)[1].extra == {"upstream_ratio": 1.0, "degenerate_dense": 0.0}
