@@ -6,7 +6,7 @@ PYTHON ?= python3
 setup:
 	$(PYTHON) -m pip install torch==2.13.0 triton==3.9.0
 	$(PYTHON) -m pip install -e ".[dev]"
-	$(PYTHON) -m benchmarks.assets
+	$(PYTHON) -m benchmarks.tasks.assets
 	if [ -f methods/models.py ]; then $(PYTHON) -m methods.models --fetch; fi
 
 # CPU run: Triton kernels execute in the interpreter.

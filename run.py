@@ -71,38 +71,36 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     import methods  # noqa: F401  (methods/__init__.py imports every method module: registration)
-    from benchmarks.analysis import run_analysis
-    from benchmarks.generate import run_generation
-    from benchmarks.results import ResultWriter
-    from benchmarks.smoke import run_smoke
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner.results import ResultWriter
     from methods.registry import get_method
 
-    benches = ("ruler", "longbench", "niah")       # modules of benchmarks/ run by the generation runner
-    if cfg.bench.runner not in ("smoke", "generate", "analysis"):
-        raise ValueError(f"unknown bench.runner {cfg.bench.runner!r} in bench={cfg.bench.name}; "
-                         "use smoke, generate or analysis")
-    if cfg.bench.runner == "generate" and cfg.bench.name not in benches:
-        raise ValueError(f"unknown benchmark {cfg.bench.name!r}; available: {sorted(benches)}")
+    bench = get_benchmark(str(cfg.bench.name))
     seed_everything(int(cfg.seed))
     method = get_method(cfg.method)
     out_dir = HydraConfig.get().runtime.output_dir
     writer = ResultWriter(out_dir, OmegaConf.to_container(cfg, resolve=True))
     logger = _logger(cfg)
-    if cfg.bench.runner == "smoke":
+    if bench.runner == "smoke":
+        from benchmarks.runner.smoke import run_smoke
+
         summary = run_smoke(cfg.bench, method, writer, device=device)
     else:
         model, tokenizer = _load_model(OmegaConf.to_yaml(cfg.model), device)
         if tokenizer is None:
             raise ValueError(f"model {cfg.model.name} has no tokenizer: benchmarks need one (set tokenizer_from)")
-        if cfg.bench.runner == "analysis":        # sweeps its own methods (bench.sweep), not cfg.method
+        if bench.runner == "analysis":        # sweeps its own methods (bench.sweep), not cfg.method
+            from benchmarks.analysis.runner import run_analysis
+
             summary = run_analysis(cfg.bench, model, tokenizer, writer, torch.device(device))
         else:
-            bench = importlib.import_module(f"benchmarks.{cfg.bench.name}")
+            from benchmarks.runner.generate import run_generation
+
             summary = run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device),
                                      logger)
     path = writer.finish(summary)
-    if cfg.bench.runner == "generate":               # tables (and NIAH heatmaps) of this run, in its folder
-        from benchmarks.report import load_results, write_report
+    if bench.runner == "generate":                   # tables (and NIAH heatmaps) of this run, in its folder
+        from benchmarks.reports.runs import load_results, write_report
 
         for table in write_report(load_results([out_dir]), out_dir):
             print(f"table: {table}")

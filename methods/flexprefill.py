@@ -51,7 +51,7 @@ def sqrt_js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(0.5 * kl_pm + 0.5 * kl_qm)
 
 
-def _sum_pool(x: torch.Tensor, block: int) -> torch.Tensor:
+def sum_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """``[..., N] -> [..., ceil(N / block)]`` sums of consecutive entries (zero right pad)."""
     n = x.shape[-1]
     return F.pad(x, (0, math.ceil(n / block) * block - n)).unflatten(-1, (-1, block)).sum(-1)
@@ -64,32 +64,69 @@ def _top_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, keep)
 
 
+def last_block_profiles(q: torch.Tensor, k: torch.Tensor, *, block: int, sm_scale: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexPrefill's token-level vertical and slash profiles, fp32 ``[B, Hq, N]`` each.
+
+    Softmax (fp32) of the last ``min(block, N)`` queries against all keys (bottom-right causal
+    inside them), as ``get_active_blocks`` / ``get_vertical_slash_topk`` compute it:
+    ``vertical[j]`` = mean over those queries of ``p[i, j]``; ``slash[c]`` = sum over the queries
+    of the probabilities on diagonal offset ``N - 1 - c`` (``sum_all_diagonal_matrix``), divided
+    by the number of queries. ``c = N - 1`` is the main diagonal.
+    """
+    n_last = min(block, q.shape[2])
+    vertical, slash = vs_scores(q, k, sm_scale=sm_scale, last_q=block)   # [B, Hq, N] sums, slash by offset
+    return vertical / n_last, slash.flip(-1) / n_last
+
+
+def vertical_slash_blocks(vertical: torch.Tensor, slash: torch.Tensor, n_vertical: torch.Tensor,
+                          n_slash: torch.Tensor) -> torch.Tensor:
+    """bool ``[B, Hq, nb, nb]``: FlexPrefill's block vertical-slash pattern (causal blocks only).
+
+    ``vertical``, ``slash``: fp32 ``[B, Hq, nb]`` block-pooled profiles (``slash[s]`` holds block
+    diagonal ``nb - 1 - s``, the binning of ``transform_veritcal_slash_idx``); ``n_vertical``,
+    ``n_slash``: int64 ``[B, Hq]`` budgets in blocks. Key block 0 and the main block diagonal are
+    forced (score ``+inf``), then the top ``n`` of each (``torch.topk`` order on ties); query block
+    ``r`` keeps key block ``c <= r`` if ``c`` is a kept vertical block or ``r - c`` a kept diagonal.
+    """
+    vertical, slash = vertical.clone(), slash.clone()
+    vertical[..., 0] = float("inf")
+    slash[..., -1] = float("inf")
+    v_keep = _top_mask(vertical, n_vertical)                             # [B, Hq, nb] key blocks
+    s_keep = _top_mask(slash, n_slash).flip(-1)                          # [B, Hq, nb] by block offset
+    nb = vertical.shape[-1]
+    r = torch.arange(nb, device=vertical.device)
+    diag = r[:, None] - r[None, :]                                       # [nb, nb]: query - key block
+    causal = diag >= 0
+    return (v_keep[:, :, None, :] & causal) | (s_keep[..., diag.clamp(min=0)] & causal)
+
+
 def flexprefill_selection(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, min_budget: int,
                           max_budget: int | None, block: int, sm_scale: float) -> FlexSelection:
     """FlexPrefill's ``get_active_blocks`` for a full prefill (``Lq == Lk = N > 2 * block``).
 
-    1. Softmax (fp32) of the last ``block`` queries against all keys (causal inside them):
-       ``vertical`` = mean over queries per key, ``slash`` = per diagonal sum / ``block``.
+    1. ``last_block_profiles``: vertical and slash profiles of the last ``block`` queries.
     2. Budgets: ``score_cover_topk(., gamma) // block + 1`` blocks each, clamped to
        ``[ceil(min_budget / block), min(ceil(max_budget / block), nb)]``.
     3. ``js = sqrt(JS(softmax(mean(last queries) . pooled keys), vertical sum-pooled per block))``;
        ``js < tau`` makes the head query-aware: both budgets drop to the minimum.
-    4. Top vertical key blocks (block 0 forced) for every query block at or after them, top
-       slash block-diagonals (main diagonal forced; token diagonals binned as upstream: position
-       ``c = N - 1 - offset`` pooled in blocks of ``block`` from ``c = 0``).
+    4. ``vertical_slash_blocks``: top vertical key blocks (block 0 forced) for every query block
+       at or after them, top slash block-diagonals (main diagonal forced; token diagonals binned
+       as upstream: position ``c = N - 1 - offset`` pooled in blocks of ``block`` from ``c = 0``).
     5. Query-aware heads add the cells (query block, key block) of the block-causal pooled
        estimate ``softmax(pooled q . pooled k)`` (each row sums to 1) in decreasing mass, ranked
        over the whole grid (not per row), while the cumulative mass stays ``<= gamma * nb``.
+       These cells may lie above the block diagonal at ``gamma = 1`` (zero mass, as upstream);
+       the index builder drops them.
     """
     B, Hq, Hkv, N, _, D = check_qkv(q, k, k)
     nb = math.ceil(N / block)
     min_blocks = math.ceil(min_budget / block)
     max_blocks = nb if max_budget is None else min(math.ceil(max_budget / block), nb)
-    vertical, slash = vs_scores(q, k, sm_scale=sm_scale, last_q=block)   # [B, Hq, N], sums
-    vertical, slash = vertical / block, slash.flip(-1) / block           # slash[c]: offset N - 1 - c
+    vertical, slash = last_block_profiles(q, k, block=block, sm_scale=sm_scale)   # [B, Hq, N]
     n_vertical = (score_cover_topk(vertical, gamma) // block + 1).clamp(min_blocks, max_blocks)
     n_slash = (score_cover_topk(slash, gamma) // block + 1).clamp(min_blocks, max_blocks)
-    vertical, slash = _sum_pool(vertical, block), _sum_pool(slash, block)   # [B, Hq, nb]
+    vertical, slash = sum_pool(vertical, block), sum_pool(slash, block)   # [B, Hq, nb]
 
     avg_k = pool_rows(k, block)                                          # [B, Hkv, nb, D] fp32
     last_q = q[:, :, N - block:].float().mean(-2).reshape(B, Hkv, Hq // Hkv, D) * sm_scale
@@ -98,18 +135,13 @@ def flexprefill_selection(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau
     query_aware = js < tau
     n_vertical = torch.where(query_aware, min_blocks, n_vertical)
     n_slash = torch.where(query_aware, min_blocks, n_slash)
-    vertical[..., 0] = float("inf")
-    slash[..., -1] = float("inf")
-    v_keep = _top_mask(vertical, n_vertical)                             # [B, Hq, nb] key blocks
-    s_keep = _top_mask(slash, n_slash).flip(-1)                          # [B, Hq, nb] by block offset
-    r = torch.arange(nb, device=q.device)
-    diag = r[:, None] - r[None, :]                                       # [nb, nb]: query - key block
-    causal = diag >= 0
-    blocks = (v_keep[:, :, None, :] & causal) | (s_keep[..., diag.clamp(min=0)] & causal)
+    blocks = vertical_slash_blocks(vertical, slash, n_vertical, n_slash)
 
     estimate = torch.full((B, Hq), block * N + nb, dtype=torch.int64)
     qa = query_aware.nonzero()                                           # [n_qa, 2] (b, h)
     if qa.numel():
+        r = torch.arange(nb, device=q.device)
+        causal = r[:, None] >= r[None, :]                                # [nb, nb] block-causal
         avg_q = pool_rows(q[qa[:, 0], qa[:, 1]], block) * sm_scale       # [n_qa, nb, D]
         grid = avg_q @ avg_k[qa[:, 0], qa[:, 1] // (Hq // Hkv)].transpose(-1, -2)   # [n_qa, nb, nb]
         probs = grid.masked_fill(~causal, float("-inf")).softmax(-1).flatten(1)
@@ -119,6 +151,15 @@ def flexprefill_selection(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau
         estimate[qa[:, 0].cpu(), qa[:, 1].cpu()] += nb * nb
     return FlexSelection(blocks=blocks, query_aware=query_aware, js=js, n_vertical=n_vertical,
                          n_slash=n_slash, estimate_pairs=estimate)
+
+
+def block_ratios(blocks: torch.Tensor) -> tuple[float, float]:
+    """FlexPrefill's ``computational_ratio`` of a selection ``[B, H, nb, nb]`` and the
+    AnchorAttention repo's variant of it: kept blocks (every cell counted once, as upstream's
+    ``torch.unique``'d flat indices) over ``B * H * nb * nb``, and over ``B * H * nb (nb + 1) / 2``."""
+    B, H, nb, _ = blocks.shape
+    kept = float(blocks.sum())
+    return kept / (B * H * nb * nb), kept / (B * H * nb * (nb + 1) / 2)
 
 
 @register_method("flexprefill")
@@ -139,6 +180,17 @@ class FlexPrefill:
     (upstream asserts batch 1); all heads are selected in one vectorised pass (upstream loops over
     query-aware heads and ``unique``s per head); blocks above the block diagonal, which a
     query-aware head can select at ``gamma = 1``, are dropped (fully masked).
+
+    Upstream ratios (``stats.extra``): ``upstream_ratio`` is FlexPrefill's
+    ``computational_ratio`` (``flex_prefill_attention.py`` L1867-1876): kept blocks (the
+    ``unique``'d flat block indices of every (batch, head), above-diagonal cells included) over
+    ``B * Hq * nb * nb``, the full square; 1 on the short-input fallback (L1851-1853), absent on
+    chunked prefill (upstream asserts ``q_len == k_len``). ``upstream_ratio_anchor_repo`` is the
+    AnchorAttention repo's copy (``anchor_attn/src/ops/flex_prefill_attention.py`` L1905-1915):
+    the same count over ``B * Hq * nb (nb + 1) / 2``, the causal blocks; absent on fallbacks (that
+    copy has no short-input rule). ``degenerate_dense`` = 1 where the selection keeps every
+    causal block by construction (``nb <= 2``, or both budgets clamped to ``>= nb``): exactly the
+    short-input rule's range when ``max_budget`` is null.
     """
 
     def __init__(self, *, gamma: float, tau: float, min_budget: int, max_budget: int | None,
@@ -173,7 +225,11 @@ class FlexPrefill:
         bs = self.block_size
         if self.falls_back(Lq, Lk):
             out = dense_attention(q, k, v, sm_scale=sm_scale)
-            return out, dense_stats(B, Hq, Lq, Lk, fallback=True)
+            stats = dense_stats(B, Hq, Lq, Lk, fallback=True)
+            stats.extra["degenerate_dense"] = float(self.degenerate(Lq, Lk))
+            if Lq == Lk:
+                stats.extra["upstream_ratio"] = 1.0
+            return out, stats
         scale = sm_scale if sm_scale is not None else D ** -0.5
         sel = self.select(q, k, sm_scale=scale)
         index, pairs = index_from_tile_mask(sel.blocks, tile=bs, rows_per_list=bs, q_len=Lq, k_len=Lk)
@@ -181,7 +237,17 @@ class FlexPrefill:
         stats = AttentionStats(pairs={"estimate": sel.estimate_pairs, "sparse": pairs},
                                causal_pairs=causal_pair_count(Lq, Lk))
         stats.extra["query_aware_fraction"] = float(sel.query_aware.float().mean())
+        square, causal = block_ratios(sel.blocks)
+        stats.extra.update(upstream_ratio=square, upstream_ratio_anchor_repo=causal,
+                           degenerate_dense=float(self.degenerate(Lq, Lk)))
         return out, stats
+
+    def degenerate(self, q_len: int, k_len: int) -> bool:
+        """Every causal block kept by construction (full prefill, ``nb <= 2`` or budgets ``>= nb``)."""
+        bs = self.block_size
+        nb = math.ceil(q_len / bs)
+        cap = math.inf if self.max_budget is None else math.ceil(self.max_budget / bs)
+        return q_len == k_len and (nb <= 2 or min(math.ceil(self.min_budget / bs), cap) >= nb)
 
     def falls_back(self, q_len: int, k_len: int) -> bool:
         """Dense instead of sparse: chunked prefill, or FlexPrefill's short-input rule."""

@@ -22,12 +22,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from anchor.kernels.fa4 import fa4_sparse_attention, fa4_sparse_problem
 from anchor.ops import sparse_attention, use_triton
 from anchor.reference import sparse_attention_reference
 from anchor.sparse_index import SparseIndex, index_from_counts
 from methods.base import AttendedSet
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "fa4")
 RUN_ROUNDINGS = ("upstream", "exact")
 KERNEL_TILES = (16, 32, 64, 128)
 TABLE_BUDGET = 2 ** 24       # table entries built at once by ``index_from_diagonals`` (see there)
@@ -35,7 +36,7 @@ NO_RUN = 2 ** 62             # start and end of the unused run slots (after ever
 
 
 def check_backend(backend: str) -> None:
-    """Raise unless ``backend`` is ``auto`` (Triton on CUDA), ``triton`` or ``torch``."""
+    """Raise unless ``backend`` is ``auto`` (FA4 or Triton on CUDA), ``triton``, ``torch`` or ``fa4``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
@@ -52,16 +53,29 @@ def check_block(name: str, value: int) -> None:
         raise ValueError(f"{name} must be one of {KERNEL_TILES}, got {value!r}")
 
 
+def resolve_attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, index: SparseIndex) -> str:
+    """The kernel ``attend`` runs for ``backend``: ``"fa4"``, ``"triton"`` or ``"torch"`` (see there)."""
+    check_backend(backend)
+    if backend == "fa4" or (backend == "auto" and fa4_sparse_problem(q, index, k.shape[2]) is None):
+        return "fa4"
+    return "triton" if use_triton(backend, q) else "torch"
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
            sm_scale: float, backend: str) -> torch.Tensor:
     """Causal attention of each row list over its index keys: ``[B, Hq, Lq, D]`` in q's dtype.
 
     ``triton`` runs ``anchor.ops.sparse_attention`` (CUDA, or CPU under ``TRITON_INTERPRET=1``);
     ``torch`` the fp32 ``sparse_attention_reference`` (materialises ``[B, Hq, Lq, Lk]``: small
-    inputs only); ``auto``: Triton on CUDA, the reference otherwise (``anchor.ops.use_triton``).
+    inputs only); ``fa4`` FlashAttention-4's block sparsity (``anchor.kernels.fa4``: whole aligned
+    128-key tiles, lists of a multiple of 128 rows, CUDA sm90, fp16/bf16, head_dim <= 128, the
+    ``fa4`` extra; raises with the reason otherwise); ``auto``: FA4 where it can run, else Triton
+    on CUDA, the reference otherwise. Every kernel computes the same key sets.
     """
-    check_backend(backend)
-    if not use_triton(backend, q):
+    ran = resolve_attend_backend(backend, q, k, index)
+    if ran == "fa4":
+        return fa4_sparse_attention(q, k, v, index, sm_scale=sm_scale)[0]
+    if ran == "torch":
         return sparse_attention_reference(q, k, v, index, sm_scale=sm_scale, causal=True)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, _ = sparse_attention(q, k, v, index, sm_scale=sm_scale, causal=True)

@@ -4,6 +4,9 @@
 (fp32, chunked over query blocks), per query block of ``block_size`` rows: at ``stripe``
 granularity the score of key ``j`` is ``sum_{i in block} p_ij``; at ``block`` granularity the
 score of a ``block_size``-key tile is the sum of ``p`` over the tile.
+
+Stats extras: no ``upstream_ratio`` (oracles have no upstream); ``degenerate_dense`` = 1 when the
+selection keeps every visible key or tile by construction (top-k with ``k`` covering them all).
 """
 from __future__ import annotations
 
@@ -104,8 +107,13 @@ class _Oracle:
         index, pairs = self.select(q, k, sm_scale=scale)
         out = attend(q, k, v, index, sm_scale=scale, backend=self.backend)
         oracle = torch.full((B, Hq), Lq * Lk, dtype=torch.int64)
-        return out, AttentionStats(pairs={"oracle": oracle, "sparse": pairs},
-                                   causal_pairs=causal_pair_count(Lq, Lk))
+        stats = AttentionStats(pairs={"oracle": oracle, "sparse": pairs}, causal_pairs=causal_pair_count(Lq, Lk))
+        stats.extra["degenerate_dense"] = float(self.degenerate(Lk))
+        return out, stats
+
+    def degenerate(self, k_len: int) -> bool:
+        """The selection keeps every visible key by construction (never, unless a subclass says so)."""
+        return False
 
     def attended(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  sm_scale: float | None = None) -> AttendedSet:
@@ -123,6 +131,10 @@ class OracleTopK(_Oracle):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
+
+    def degenerate(self, k_len: int) -> bool:
+        """``k`` covers every key (stripe) or key tile (block) a query block can see."""
+        return self.k >= (k_len if self.granularity == "stripe" else math.ceil(k_len / self.block_size))
 
     def choose(self, scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         masked = scores.masked_fill(~visible, float("-inf"))

@@ -45,6 +45,11 @@ class Streaming:
     block-level Triton kernel of their own; here the window is that of the block's last row, so
     earlier rows of a block see up to ``block_size - 1`` fewer window keys, and a sink that is not a
     multiple of ``block_size`` is rounded up to whole tiles.
+
+    Upstream ratio: FlexPrefill's ``streaming_llm_attention`` (and the AnchorAttention repo's copy)
+    reports none, so ``stats.extra`` has no ``upstream_ratio``. ``degenerate_dense`` = 1 when the
+    sink and window tiles cover every causally visible tile of every query block (e.g. a sequence
+    no longer than ``global_window + local_window`` tokens, tile rounding included).
     """
 
     def __init__(self, *, global_window: int, local_window: int, block_size: int, backend: str):
@@ -67,14 +72,27 @@ class Streaming:
         scale = sm_scale if sm_scale is not None else D ** -0.5
         index, pairs = self.index(q, k)
         out = attend(q, k, v, index, sm_scale=scale, backend=self.backend)
-        return out, AttentionStats(pairs={"sparse": pairs}, causal_pairs=causal_pair_count(Lq, Lk))
+        stats = AttentionStats(pairs={"sparse": pairs}, causal_pairs=causal_pair_count(Lq, Lk))
+        stats.extra["degenerate_dense"] = float(self.degenerate(Lq, Lk))
+        return out, stats
+
+    def tiles(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+        """bool ``[n_lists, ceil(Lk / block_size)]``: the kept tiles (``streaming_tile_mask``)."""
+        return streaming_tile_mask(math.ceil(q_len / self.block_size), block=self.block_size,
+                                   global_window=self.global_window, local_window=self.local_window,
+                                   q_len=q_len, k_len=k_len, device=device)
+
+    def degenerate(self, q_len: int, k_len: int) -> bool:
+        """Every causally visible tile of every query block kept (the result is dense attention)."""
+        tiles = self.tiles(q_len, k_len, torch.device("cpu"))
+        _, last, _ = list_rows(tiles.shape[0], self.block_size, q_len, k_len, tiles.device)
+        visible = torch.arange(tiles.shape[1]) * self.block_size <= last[:, None]
+        return bool((tiles | ~visible).all())
 
     def index(self, q: torch.Tensor, k: torch.Tensor) -> tuple[SparseIndex, torch.Tensor]:
         """``(index, visible pairs [B, Hq])`` of the kept tiles (the same for every head)."""
         B, Hq, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-        tiles = streaming_tile_mask(math.ceil(Lq / self.block_size), block=self.block_size,
-                                    global_window=self.global_window, local_window=self.local_window,
-                                    q_len=Lq, k_len=Lk, device=q.device)
+        tiles = self.tiles(Lq, Lk, q.device)
         return index_from_tile_mask(tiles.expand(B, Hq, *tiles.shape), tile=self.block_size,
                                     rows_per_list=self.block_size, q_len=Lq, k_len=Lk)
 

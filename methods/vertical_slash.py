@@ -136,6 +136,10 @@ class VerticalSlash:
     the end of the block's last slash range, the same set whenever the main diagonal is kept, as
     the forced nearest diagonals ensure); non-``vertical_and_slash`` heads and
     ``minference_ratio`` are not supported.
+
+    Upstream ratio: MInference's vertical-slash code reports no density, so ``stats.extra`` has
+    no ``upstream_ratio``. ``degenerate_dense`` = 1 when every head keeps all columns or all
+    diagonals (clamped size ``>= Lk``): the index then holds every visible key (computed sparse).
     """
 
     def __init__(self, *, vertical_size: int, slash_size: int, pattern_file: str | None, block_size: int,
@@ -189,8 +193,14 @@ class VerticalSlash:
         index, pairs = self.index(q, k, sm_scale=scale, layer_idx=layer_idx)
         out = attend(q, k, v, index, sm_scale=scale, backend=self.backend)
         estimate = torch.full((B, Hq), min(self.last_q, Lq) * Lk, dtype=torch.int64)
-        return out, AttentionStats(pairs={"estimate": estimate, "sparse": pairs},
-                                   causal_pairs=causal_pair_count(Lq, Lk))
+        stats = AttentionStats(pairs={"estimate": estimate, "sparse": pairs}, causal_pairs=causal_pair_count(Lq, Lk))
+        stats.extra["degenerate_dense"] = float(self.degenerate(Hq, Lk, layer_idx))
+        return out, stats
+
+    def degenerate(self, n_heads: int, k_len: int, layer_idx: int | None) -> bool:
+        """Every head keeps all ``k_len`` columns or all ``k_len`` diagonals (sizes after clamping)."""
+        v, s = self.head_sizes(n_heads, layer_idx)
+        return bool((torch.maximum(v.clamp(min=MIN_VERTICAL), s.clamp(min=MIN_SLASH)) >= k_len).all())
 
     def index(self, q: torch.Tensor, k: torch.Tensor, *, sm_scale: float | None = None,
               layer_idx: int | None = None) -> tuple[SparseIndex, torch.Tensor]:

@@ -59,8 +59,8 @@ from anchor.reference import (  # noqa: E402
     attention_over_selection,
     dense_attention_reference,
 )
-from benchmarks.attention_metrics import relative_error as rel_err  # noqa: E402
-from benchmarks.kernels import dense_sdpa  # noqa: E402
+from benchmarks.analysis.metrics import relative_error as rel_err  # noqa: E402
+from benchmarks.kernels.bench import dense_sdpa  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -11,7 +11,7 @@ stripe_fraction=0.01)``. The method is ``conf/method/vertical_slash.yaml`` with 
 the median synchronised wall time over ``--repeats`` of ``VerticalSlash.select``,
 ``index_from_diagonals``, ``attend`` (the sparse kernel) and the whole call; whole tiles,
 gathered columns and density (visible pairs / causal pairs, mean over heads); dense causal cuDNN
-SDPA (``benchmarks.kernels.dense_sdpa``) for scale. At ``--check-length`` the Triton output on
+SDPA (``benchmarks.kernels.bench.dense_sdpa``) for scale. At ``--check-length`` the Triton output on
 fp16 copies of the inputs (fp32 needs more shared memory than the D=128 launch configuration
 has) is compared with ``sparse_attention_reference`` (fp32) over the same index; exits 1 if the
 relative error exceeds ``--check-tol`` (fp16 rounding of the output alone gives about 3e-4).
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from anchor.reference import sparse_attention_reference  # noqa: E402
 from anchor.stats import causal_pair_count  # noqa: E402
-from benchmarks.kernels import dense_sdpa  # noqa: E402
+from benchmarks.kernels.bench import dense_sdpa  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.index_builders import RUN_ROUNDINGS, attend, index_from_diagonals  # noqa: E402

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.official_anchor import official_anchor_attention
+from benchmarks.kernels.official_anchor import official_anchor_attention
 from benchmarks.structured_inputs import make_qkv, stripe_mask
 
 

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
+import methods.dense as dense_mod
+from anchor.kernels import fa4 as fa4_mod
 from methods import get_method, list_methods
-from methods.dense import BACKENDS, Dense, dense_attention
+from methods.dense import BACKENDS, Dense, dense_attention, resolve_backend
 
 
 def naive_attention(q, k, v, sm_scale=None):
@@ -84,6 +86,46 @@ def test_bad_backends_fail_clearly():
             dense_attention(q, k, v, backend=backend)
 
 
+def test_auto_without_fa4_runs_sdpa_and_says_so():
+    q, k, v = _qkv(1, 4, 2, 16, 16)
+    method = Dense(backend="auto")
+    assert method.last_backend is None
+    out, _ = method(q, k, v)
+    assert method.last_backend == "sdpa" == resolve_backend("auto", q, k, v)
+    assert resolve_backend("math", q, k, v) == "math"
+    torch.testing.assert_close(out, naive_attention(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_runs_fa4_where_it_can(monkeypatch):
+    """The selection alone (no GPU here): where FA4 reports no problem, ``auto`` runs it."""
+    calls = []
+
+    def fake_fa4(q, k, v, *, sm_scale, causal):
+        calls.append(causal)
+        return naive_attention(q, k, v, sm_scale)
+    monkeypatch.setattr(dense_mod, "fa4_dense_problem", lambda q: None)
+    monkeypatch.setattr(dense_mod, "fa4_dense", fake_fa4)
+    q, k, v = _qkv(1, 4, 2, 16, 24)
+    method = Dense(backend="auto")
+    out, stats = method(q, k, v, sm_scale=0.3)
+    assert method.last_backend == "fa4" and calls == [True] and stats.density == 1.0
+    torch.testing.assert_close(out, naive_attention(q, k, v, 0.3))
+    Dense(backend="math")(q, k, v)
+    assert calls == [True]                                  # pinned backends never run FA4
+
+
+def test_fa4_backend_errors_name_the_cause(monkeypatch):
+    q, k, v = _qkv(1, 4, 2, 16, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="'fa4' needs CUDA"):
+        Dense(backend="fa4")(q, k, v)
+    # Pretend the device is a Hopper GPU without the package: the error names the extra.
+    monkeypatch.setattr(dense_mod, "_check_backend", lambda backend, device, gqa: None)
+    monkeypatch.setattr(fa4_mod, "_device_problem", lambda device, archs: None)
+    monkeypatch.setattr(fa4_mod, "_import_problem", lambda: "ModuleNotFoundError: No module named 'flash_attn'")
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[fa4\]"'):
+        Dense(backend="fa4")(q, k, v)
+
+
 def test_shape_errors_are_clear():
     q, k, v = _qkv(1, 6, 4, 8, 8)
     with pytest.raises(ValueError, match="multiple of KV heads"):
@@ -106,3 +148,21 @@ def test_cuda_backends_match_reference(backend, q_len, k_len, hq, hkv):
         return
     out = dense_attention(q.cuda(), k.cuda(), v.cuda(), backend=backend)
     torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("q_len,k_len", [(256, 256), (96, 301)])
+def test_fa4_backend_matches_reference(q_len, k_len):
+    if not fa4_mod.fa4_available("cuda"):
+        pytest.skip("needs FlashAttention-4 on sm90/sm100")
+    q, k, v = _qkv(2, 8, 2, q_len, k_len, d=64, dtype=torch.bfloat16)
+    method = Dense(backend="auto")
+    out, _ = method(q.cuda(), k.cuda(), v.cuda())
+    assert method.last_backend == "fa4"
+    torch.testing.assert_close(out.float().cpu(), naive_attention(q.float(), k.float(), v.float()),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_stats_extras():
+    q, k, v = _qkv(1, 4, 2, 20, 20)
+    assert Dense(backend="auto")(q, k, v)[1].extra == {"upstream_ratio": 1.0, "degenerate_dense": 0.0}

@@ -193,3 +193,20 @@ def test_config_and_bad_arguments(repo_root):
         make(gamma=0.0)
     with pytest.raises(ValueError, match="block_size"):
         make(block_size=100)
+
+
+def test_upstream_ratios_on_a_known_selection():
+    """gamma 0.01, tau 0, one-block budgets: every head keeps key block 0 and the main diagonal,
+    2 * nb - 1 = 13 of the 7 x 7 blocks (N = 100, block 16): FlexPrefill's computational_ratio
+    13 / 49, the AnchorAttention repo's 13 / 28. Short inputs: upstream returns ratio 1."""
+    q, k, v = qkv(2, 4, 2, 100, 100, seed=9)
+    method = make(gamma=0.01, tau=0.0, min_budget=16)
+    out, stats = method(q, k, v)
+    assert stats.extra["upstream_ratio"] == pytest.approx(13 / 49)
+    assert stats.extra["upstream_ratio_anchor_repo"] == pytest.approx(13 / 28)
+    assert stats.extra["degenerate_dense"] == 0.0
+    q, k, v = qkv(1, 4, 2, 32, 32, seed=9)                               # nb = 2 <= 2: short input
+    stats = method(q, k, v)[1]
+    assert stats.extra == {"degenerate_dense": 1.0, "upstream_ratio": 1.0} and stats.dense_fallback == 1
+    q, k, v = qkv(1, 4, 2, 40, 100, seed=9)                              # chunked prefill: no upstream ratio
+    assert method(q, k, v)[1].extra == {"degenerate_dense": 0.0}

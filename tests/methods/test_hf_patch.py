@@ -34,6 +34,8 @@ KEEP_ALL_METHOD_CONFIGS = [
     _keep_all("flexprefill", gamma=1.0, min_budget=16, block_size=16),
     _keep_all("oracle_topk_stripe", k=64, block_size=16),
     _keep_all("oracle_topcdf_block", cdf=1.0, block_size=16),
+    _keep_all("xattention", threshold=1.0, stride=4, block_size=16),
+    _keep_all("vertical_slash_block", vertical_size=64, slash_size=64, block_size=16),   # dense by construction
 ]
 MODELS = ["tiny_llama", "tiny_qwen2"]
 N_LAYERS = 2

@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from methods.index_builders import RUN_ROUNDINGS, attend, index_from_diagonals, index_pair_counts
+import methods.index_builders as builders
+from anchor.reference import sparse_attention_reference
+from methods.index_builders import (
+    RUN_ROUNDINGS,
+    attend,
+    index_from_diagonals,
+    index_from_tile_mask,
+    index_pair_counts,
+    resolve_attend_backend,
+)
 from tests.anchor.helpers import assert_close_to_baseline
 from tests.methods.helpers import needs_triton, qkv
 
@@ -227,3 +236,31 @@ def test_kernel_on_diagonal_index_matches_reference(case, Hq, dtype, rounding):
               for lst in range(math.ceil(Lq / block))] for h in range(Hq)] for b in range(B)]
     dense = masked_dense(q, k, v, keys, block, 0.2)
     assert_close_to_baseline(out, dense.float(), "sparse kernel on a diagonal index vs masked dense")
+
+
+def test_attend_routes_whole_tile_indexes_to_fa4(monkeypatch):
+    """Backend selection (no GPU here): ``fa4`` forced on CPU fails with the reason; ``auto`` runs
+    FA4 exactly where it reports no problem; ``torch`` / ``triton`` stay forced."""
+    q, k, v = qkv(1, 4, 2, 200, 330, D=16)
+    tiles = torch.rand(1, 4, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.6
+    index, _ = index_from_tile_mask(tiles, tile=128, rows_per_list=128, q_len=200, k_len=330)
+    ref = sparse_attention_reference(q, k, v, index, sm_scale=0.2)
+    with pytest.raises(ValueError, match="FA4 needs CUDA"):
+        attend(q, k, v, index, sm_scale=0.2, backend="fa4")
+    torch.testing.assert_close(attend(q, k, v, index, sm_scale=0.2, backend="auto"), ref)
+    assert resolve_attend_backend("auto", q, k, index) == "torch"
+    assert resolve_attend_backend("triton", q, k, index) == "triton"
+    calls = []
+
+    def fake_fa4(q, k, v, index, *, sm_scale):
+        calls.append(sm_scale)
+        return sparse_attention_reference(q, k, v, index, sm_scale=sm_scale), None
+    monkeypatch.setattr(builders, "fa4_sparse_problem", lambda q, index, k_len: None)
+    monkeypatch.setattr(builders, "fa4_sparse_attention", fake_fa4)
+    torch.testing.assert_close(attend(q, k, v, index, sm_scale=0.2, backend="auto"), ref)
+    assert resolve_attend_backend("auto", q, k, index) == "fa4"
+    attend(q, k, v, index, sm_scale=0.2, backend="torch")
+    assert calls == [0.2]
+    monkeypatch.setattr(builders, "fa4_sparse_problem", lambda q, index, k_len: "tile 64")
+    attend(q, k, v, index, sm_scale=0.2, backend="auto")
+    assert calls == [0.2]

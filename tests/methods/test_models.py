@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from benchmarks.assets import ensure_essays
+from benchmarks.tasks.assets import ensure_essays
 from methods import get_method, models
 from methods.hf_patch import StatsRecorder, patched
 from methods.models import build_random_config, ensure_smollm2_gguf, load_model, resolve_dtype

@@ -107,3 +107,12 @@ def test_oracle_configs(repo_root):
         OracleTopK(granularity="token", k=4, block_size=16, backend="auto")
     with pytest.raises(ValueError, match="cdf"):
         OracleTopCdf(granularity="block", cdf=1.5, block_size=16, backend="auto")
+
+
+def test_stats_extras():
+    """Oracles have no upstream ratio; top-k covering every visible tile is degenerate."""
+    q, k, v = qkv(1, 2, 1, 64, 64, seed=3)
+    kw = dict(granularity="block", block_size=16, backend="torch")
+    assert OracleTopK(k=4, **kw)(q, k, v)[1].extra == {"degenerate_dense": 1.0}
+    assert OracleTopK(k=3, **kw)(q, k, v)[1].extra == {"degenerate_dense": 0.0}
+    assert OracleTopCdf(cdf=1.0, **kw)(q, k, v)[1].extra == {"degenerate_dense": 0.0}

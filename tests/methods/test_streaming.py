@@ -101,3 +101,12 @@ def test_bad_arguments_raise():
         Streaming(global_window=4, local_window=8, block_size=16, backend="cuda")
     with pytest.raises(ValueError, match="local_window"):
         Streaming(global_window=4, local_window=0, block_size=16, backend="auto")
+
+
+def test_stats_extras():
+    """FlexPrefill's streaming op reports no ratio; windows covering every visible tile are degenerate."""
+    method = Streaming(global_window=16, local_window=32, block_size=16, backend="torch")
+    q, k, v = qkv(1, 2, 1, 63, 63, seed=1)                               # last row 62: window from key 31, tile 1
+    assert method(q, k, v)[1].extra == {"degenerate_dense": 1.0}
+    q, k, v = qkv(1, 2, 1, 64, 64, seed=1)                               # last row 63: window from tile 2
+    assert method(q, k, v)[1].extra == {"degenerate_dense": 0.0}

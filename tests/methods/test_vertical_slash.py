@@ -228,3 +228,11 @@ def test_pattern_file_rules(tmp_path, repo_root):
         assert (built.sink_columns, built.local_diagonals, built.run_rounding) == (30, 100, "upstream")
     with pytest.raises(ValueError, match="run rounding"):
         make(run_rounding="round")
+
+
+def test_stats_extras():
+    """MInference reports no ratio; every head keeping all diagonals (slash_size >= Lk) is degenerate."""
+    q, k, v = qkv(1, 2, 1, 55, 55, seed=2)
+    assert make()(q, k, v)[1].extra == {"degenerate_dense": 1.0}        # slash 55 >= 55
+    q, k, v = qkv(1, 2, 1, 56, 56, seed=2)
+    assert make()(q, k, v)[1].extra == {"degenerate_dense": 0.0}
