@@ -287,7 +287,8 @@ def timing_stage1(rep: Report, N: int):
     tiles = shared.listed(T).expand(1, q.shape[1], -1, -1)               # [1, Hq, M, T]
     index, _ = index_from_tile_mask(tiles, tile=128, rows_per_list=128, q_len=N, k_len=N)
     per_head = blocks_from_index(index, q_len=N, k_len=N)
-    params = AnchorParams(theta=12.0, step=16, block_size=128, init_size=None, local_size=None)
+    params = AnchorParams(theta=12.0, step=16, block_size=128, init_size=None, local_size=None, tail="sparse",
+                          tail_block_size=16)
     o1, l1 = fa4.fa4_block_sparse(q, k, v, shared)
     cases = [("fa4 shared blocks", lambda: fa4.fa4_block_sparse(q, k, v, shared)),
              ("fa4 per-head blocks", lambda: fa4.fa4_block_sparse(q, k, v, per_head)),
