@@ -1,6 +1,8 @@
 """Input validation shared by every attention entry point."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -46,3 +48,19 @@ def check_triton_inputs(*tensors: torch.Tensor) -> None:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise RuntimeError("the Triton kernels are forward-only (prefill inference only): an input requires "
                            "grad; run under torch.no_grad() or use the torch backend for autograd")
+
+
+def triton_available(x: torch.Tensor) -> bool:
+    """True if the Triton kernels can run on ``x`` (CUDA, or CPU under the interpreter)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Resolve a ``backend`` setting: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
+    ``torch`` (the fp32 reference) or ``auto`` (Triton on CUDA tensors, the reference otherwise:
+    the interpreter is for tests, far too slow for real work)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
+    if backend == "triton" and not triton_available(x):
+        raise RuntimeError("backend 'triton' needs CUDA tensors or TRITON_INTERPRET=1")
+    return backend == "triton" or (backend == "auto" and x.is_cuda)

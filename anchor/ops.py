@@ -7,13 +7,13 @@ benchmarks can time them one by one.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from anchor.checks import check_qkv, check_triton_inputs
+from anchor.checks import check_qkv, check_triton_inputs, triton_available, use_triton
+from anchor.fa4_stages import complete_on_fa4, fa4_sparse_ready, stage3_tiles_on_fa4, tiles_worth_fa4
 from anchor.kernels.select import _anchor_compact_kernel, _anchor_score_kernel
 from anchor.kernels.sparse_fwd import _sparse_fwd_kernel
 from anchor.kernels.stage1 import _anchor_stage1_kernel
@@ -34,21 +34,6 @@ SCORE_CONFIG = {"small": {"num_warps": 4, "num_stages": 3},
 SPARSE_CONFIG = {"small": {"GATHER": 128, "num_warps": 4, "num_stages": 2},
                  "large": {"GATHER": 128, "num_warps": 8, "num_stages": 3}}
 
-
-def triton_available(x: torch.Tensor) -> bool:
-    """True if the Triton kernels can run on ``x`` (CUDA, or CPU under the interpreter)."""
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def use_triton(backend: str, x: torch.Tensor) -> bool:
-    """Resolve a ``backend`` setting: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
-    ``torch`` (the fp32 reference) or ``auto`` (Triton on CUDA tensors, the reference otherwise:
-    the interpreter is for tests, far too slow for real work)."""
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be auto, triton or torch, got {backend!r}")
-    if backend == "triton" and not triton_available(x):
-        raise RuntimeError("backend 'triton' needs CUDA tensors or TRITON_INTERPRET=1")
-    return backend == "triton" or (backend == "auto" and x.is_cuda)
 
 
 def _config(table: dict, x: torch.Tensor, head_dim: int) -> dict:
@@ -202,7 +187,8 @@ def run_selection(q: torch.Tensor, k: torch.Tensor, s1: Stage1Result, params: An
     return Selection(bits=bits, counts=counts, index=index, complete=complete)
 
 
-def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, resume: bool, causal: bool):
+def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, resume: bool, causal: bool,
+                   store_lse: bool = False):
     B, Hq, Hkv, Lq, Lk, D = check_qkv(q, k, v)
     check_triton_inputs(q, k, v)
     _check_out(out, q)
@@ -221,20 +207,33 @@ def _launch_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float, *, re
         lse.stride(0), lse.stride(1),
         Hq, Lq, index.n_lists, Lk - Lq, sm_scale * LOG2E,
         GQA=Hq // Hkv, ROWS_PER_LIST=index.rows_per_list, RESUME=int(resume), CAUSAL=causal,
+        STORE_LSE=store_lse or not resume,
         HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_M=block_m, TILE=index.tile,
         TILE_UNIT=index.tile_unit, GATHER=gather, DOT=dot_precision(q), **cfg)
 
 
 def run_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s1: Stage1Result, sel: Selection,
                params: AnchorParams) -> torch.Tensor:
-    """Stage 3: fold each group's selected keys into the stage-1 state; returns ``s1.out`` (in place)."""
-    _launch_sparse(q, k, v, s1.out, s1.lse, sel.index, params.scale(q.shape[-1]), resume=True, causal=False)
+    """Stage 3: fold each group's selected keys into the stage-1 state; returns ``s1.out`` (in place).
+
+    Whole tiles go to FlashAttention-4 when installed and they hold enough of the work
+    (``anchor.fa4_stages.tiles_worth_fa4``); otherwise everything runs in the Triton kernel."""
+    scale = params.scale(q.shape[-1])
+    if tiles_worth_fa4(q, sel.index):
+        stage3_tiles_on_fa4(q, k, v, s1.out, s1.lse, sel.index, scale, resume_columns)
+    else:
+        _launch_sparse(q, k, v, s1.out, s1.lse, sel.index, scale, resume=True, causal=False)
     return s1.out
 
 
-def _resume_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float) -> None:
+def resume_sparse(q, k, v, out, lse, index: SparseIndex, sm_scale: float) -> None:
     """Fold ``index``'s keys into a normalised partial output ``out`` with log2 LSE ``lse`` (in place)."""
     _launch_sparse(q, k, v, out, lse, index, sm_scale, resume=True, causal=False)
+
+
+def resume_columns(q, k, v, out, lse, index: SparseIndex, sm_scale: float) -> None:
+    """``resume_sparse`` that also writes the resumed log-sum-exp into ``lse`` (for a merge)."""
+    _launch_sparse(q, k, v, out, lse, index, sm_scale, resume=True, causal=False, store_lse=True)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex, *,
@@ -328,7 +327,10 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
             s1.abar.zero_()
         sel = run_selection(qp, kp, s1, params, compact_if_complete=not dense_if_complete)
         selected, complete = sel.index.keys_per_list(), dense_if_complete and sel.complete
-        if not complete:
+        if complete and fa4_sparse_ready(q, params.block_size):
+            complete_on_fa4(qp, kp, vp, s1.out, s1.lse, params, scale)     # dense, stage 1 reused
+            complete = False                                              # counted as the method's own work
+        elif not complete:
             run_sparse(qp, kp, vp, s1, sel, params)
         elif params.tail != "dense":
             out[:, :, :P] = dense_causal_attention(qp, kp, vp, scale)
@@ -338,7 +340,7 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
     elif params.tail == "dense" and P < N:
         out[:, :, P:] = dense_causal_attention(q[:, :, P:], k, v, scale)
     elif params.tail == "query_aware" and P < N:
-        tail_selected = query_aware_tail_attention(q, k, v, params, out[:, :, P:], _resume_sparse,
+        tail_selected = query_aware_tail_attention(q, k, v, params, out[:, :, P:], resume_sparse,
                                                    zero_anchor=zero_anchor)
     stats = anchor_stats(params, N, selected, tail_selected)
     if complete:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from anchor.kernels.fa4 import fa4_dense, fa4_dense_problem
 from anchor.params import AnchorParams
 from anchor.reference import dense_attention_reference, tail_selection_reference
 from anchor.sparse_index import SparseIndex
@@ -32,14 +33,16 @@ def dense_causal_attention(q_tail: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """Causal attention of the last ``T`` query positions over all ``N`` keys (bottom-right
     aligned): the ``dense`` tail (``T < N``) and the dense fallback (``T == N``).
 
-    ``q_tail [B, Hq, T, D]``, ``k, v [B, Hkv, N, D]`` (GQA native, never repeated). CUDA: SDPA
-    (cuDNN first when ``T == N``; otherwise PyTorch's lower-right causal bias, which runs the
-    flash kernel where it applies); elsewhere the fp32 reference. Output in q's dtype. The one
-    place to route dense rows to another kernel (e.g. FlashAttention).
+    ``q_tail [B, Hq, T, D]``, ``k, v [B, Hkv, N, D]`` (GQA native, never repeated). CUDA:
+    FlashAttention-4 when installed (``anchor.kernels.fa4``), else SDPA (cuDNN first when
+    ``T == N``; otherwise PyTorch's lower-right causal bias, which runs the flash kernel where it
+    applies); elsewhere the fp32 reference. Output in q's dtype.
     """
     T, N = q_tail.shape[2], k.shape[2]
     if not q_tail.is_cuda:
         return dense_attention_reference(q_tail, k, v, scale)
+    if fa4_dense_problem(q_tail) is None:
+        return fa4_dense(q_tail, k, v, sm_scale=scale, causal=True)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,

@@ -60,8 +60,8 @@ from anchor.reference import (  # noqa: E402
     dense_attention_reference,
 )
 from benchmarks.analysis.metrics import relative_error as rel_err  # noqa: E402
-from benchmarks.kernels.bench import dense_sdpa  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
+from methods.dense import dense_attention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
@@ -164,10 +164,11 @@ def compare_selection(q, k, kern: torch.Tensor, params: AnchorParams, ref: Ancho
 
 
 def noise_floor(q, k, v, dense32: torch.Tensor) -> tuple[float, str]:
-    """Relative error of dense SDPA in the input dtype vs fp32: cuDNN, flash if cuDNN refuses the shape."""
-    for backend in ("cudnn", "flash"):
+    """Relative error of dense SDPA in the input dtype vs fp32: cuDNN, flash if cuDNN refuses the
+    shape (the math kernel on CPU dry runs)."""
+    for backend in ("cudnn", "flash") if q.is_cuda else ("math",):
         try:
-            return rel_err(dense_sdpa(q, k, v, backend)[1], dense32), backend
+            return rel_err(dense_attention(q, k, v, backend=backend), dense32), backend
         except RuntimeError as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise

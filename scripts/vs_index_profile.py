@@ -11,7 +11,7 @@ stripe_fraction=0.01)``. The method is ``conf/method/vertical_slash.yaml`` with 
 the median synchronised wall time over ``--repeats`` of ``VerticalSlash.select``,
 ``index_from_diagonals``, ``attend`` (the sparse kernel) and the whole call; whole tiles,
 gathered columns and density (visible pairs / causal pairs, mean over heads); dense causal cuDNN
-SDPA (``benchmarks.kernels.bench.dense_sdpa``) for scale. At ``--check-length`` the Triton output on
+SDPA (``methods.dense.dense_attention``) for scale. At ``--check-length`` the Triton output on
 fp16 copies of the inputs (fp32 needs more shared memory than the D=128 launch configuration
 has) is compared with ``sparse_attention_reference`` (fp32) over the same index; exits 1 if the
 relative error exceeds ``--check-tol`` (fp16 rounding of the output alone gives about 3e-4).
@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from anchor.reference import sparse_attention_reference  # noqa: E402
 from anchor.stats import causal_pair_count  # noqa: E402
-from benchmarks.kernels.bench import dense_sdpa  # noqa: E402
 from benchmarks.structured_inputs import make_qkv  # noqa: E402
 from methods import get_method  # noqa: E402
+from methods.dense import dense_attention  # noqa: E402
 from methods.index_builders import RUN_ROUNDINGS, attend, index_from_diagonals  # noqa: E402
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
@@ -83,9 +83,8 @@ def profile(n: int, sizes: list[tuple[int, int]], run_rounding: str, device: tor
     """Print one line per size at length ``n``."""
     q, k, v = make_qkv("structured", 1, HQ, HKV, n, HEAD_DIM, torch.bfloat16, device, seed=0, stripe_fraction=0.01)
     scale = HEAD_DIM ** -0.5
-    sdpa, _, note = dense_sdpa(q, k, v, "cudnn")
-    _, t_dense = timed(sdpa, device, repeats)
-    print(f"N={n}: dense SDPA {t_dense:.1f} ms {note}", flush=True)
+    _, t_dense = timed(lambda: dense_attention(q, k, v, backend="cudnn"), device, repeats)
+    print(f"N={n}: dense cuDNN SDPA {t_dense:.1f} ms", flush=True)
     for vertical, slash in sizes:
         method = build_method(vertical, slash, run_rounding)
         method(q, k, v, sm_scale=scale)                                     # warm-up (compiles)

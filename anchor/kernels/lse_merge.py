@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from anchor.ops import use_triton
+from anchor.checks import use_triton
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453

@@ -5,7 +5,8 @@ share index list ``l``. A list holds ids of whole key tiles (``TILE`` consecutiv
 ``id * TILE_UNIT``, loaded contiguously; ``TILE_UNIT`` is ``TILE`` for aligned tiles, 1 for tiles
 starting anywhere) and positions of single keys (gathered ``GATHER`` at a time). With ``RESUME`` the
 online softmax starts from a previous pass stored as normalised output + log-sum-exp (AnchorAttention's
-stage 1); otherwise from scratch. With ``CAUSAL`` keys after a row's position are masked (queries
+stage 1); otherwise from scratch. ``STORE_LSE`` writes the final log-sum-exp (always without
+``RESUME``; with it when a later merge needs the resumed result's LSE). With ``CAUSAL`` keys after a row's position are masked (queries
 sit at absolute position ``row + CAUSAL_OFFSET``).
 """
 import triton
@@ -55,6 +56,7 @@ def _sparse_fwd_kernel(
     stride_lb, stride_lh,  #
     n_heads, n_q, n_lists, causal_offset, qk_scale,  #
     GQA: tl.constexpr, ROWS_PER_LIST: tl.constexpr, RESUME: tl.constexpr, CAUSAL: tl.constexpr,  #
+    STORE_LSE: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  #
     BLOCK_M: tl.constexpr, TILE: tl.constexpr, TILE_UNIT: tl.constexpr, GATHER: tl.constexpr,  #
     DOT: tl.constexpr,  #
@@ -121,5 +123,5 @@ def _sparse_fwd_kernel(
         # -- epilogue (rows that saw no key output zeros) --
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(Out + offs_m[:, None] * stride_on + offs_d[None, :], out.to(Out.dtype.element_ty), mask=io_mask)
-        if not RESUME:
+        if STORE_LSE:
             tl.store(Lse + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)

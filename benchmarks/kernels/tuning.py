@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-dim", type=int, default=128)
     args = ap.parse_args(argv)
     N, D, key = args.length, args.head_dim, ("small" if args.head_dim <= 64 else "large")
-    p = AnchorParams(theta=12.0, step=16, block_size=128, init_size=None, local_size=None)
+    p = AnchorParams(theta=12.0, step=16, block_size=128, init_size=None, local_size=None, tail="dense",
+                     tail_block_size=16)
     shape = dict(B=1, Hq=32, Hkv=8, N=N, D=D, dtype=torch.bfloat16, device="cuda", seed=0)
     qr, kr, vr = make_qkv("random", **shape)
     qs, ks, vs = make_qkv("structured", stripe_fraction=0.01, **shape)

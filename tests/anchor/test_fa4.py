@@ -105,7 +105,8 @@ def test_index_fa4_problem_names_what_fa4_cannot_run():
 
 @pytest.mark.parametrize("n,init,step,local", [(1000, 256, 2, 384), (2100, None, 4, None), (130, 128, 1, 128)])
 def test_stage1_blocks_are_the_stage1_mask(n, init, step, local):
-    params = AnchorParams(theta=12.0, step=step, block_size=128, init_size=init, local_size=local)
+    params = AnchorParams(theta=12.0, step=step, block_size=128, init_size=init, local_size=local,
+                          tail="dense", tail_block_size=16)
     blocks = stage1_blocks(n, init=params.init, group=params.group, local=params.local, device="cpu")
     rows = torch.arange(n)
     assert torch.equal(blocks.key_mask(rows, n, n)[0, 0], stage1_mask(params, rows, n))
