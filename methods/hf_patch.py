@@ -72,6 +72,20 @@ class StatsRecorder:
         computed, causal = self._pairs(self.by_phase(*PREFILL_PHASES))
         return computed / causal if causal else float("nan")
 
+    def upstream_ratio(self) -> float | None:
+        """Mean of the prefill calls' ``stats.extra["upstream_ratio"]`` (each method's own upstream
+        density convention; ``None`` if the method reports none)."""
+        ratios = [r.stats.extra["upstream_ratio"] for r in self.by_phase(*PREFILL_PHASES)
+                  if "upstream_ratio" in r.stats.extra]
+        return sum(ratios) / len(ratios) if ratios else None
+
+    def degenerate_fraction(self) -> float | None:
+        """Fraction of prefill calls flagged ``degenerate_dense`` (dense by construction at their
+        length, not a fallback); ``None`` if the method never says."""
+        flags = [r.stats.extra["degenerate_dense"] for r in self.by_phase(*PREFILL_PHASES)
+                 if "degenerate_dense" in r.stats.extra]
+        return sum(flags) / len(flags) if flags else None
+
     def dense_fallbacks(self) -> int:
         """Number of calls that ran dense attention instead of the method (decode not counted)."""
         return sum(r.stats.dense_fallback for r in self.records)
@@ -90,7 +104,9 @@ class StatsRecorder:
     def summary(self) -> dict[str, float]:
         """Plain numbers for logs: prefill density, fallbacks and call counts per phase."""
         out: dict[str, float] = {"prefill_density": self.prefill_density(),
-                                 "dense_fallbacks": self.dense_fallbacks()}
+                                 "dense_fallbacks": self.dense_fallbacks(),
+                                 "upstream_ratio": self.upstream_ratio(),
+                                 "degenerate_dense": self.degenerate_fraction()}
         for phase in (*PREFILL_PHASES, "decode"):
             out[f"calls_{phase}"] = len(self.by_phase(phase))
         return out

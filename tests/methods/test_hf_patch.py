@@ -122,6 +122,7 @@ def test_recorder_counts_prefill_and_decode(model):
     assert summary["calls_decode"] == 7 * N_LAYERS  # the first new token comes from the prefill
     assert summary["calls_chunked_prefill"] == 0
     assert summary["dense_fallbacks"] == 0 and summary["prefill_density"] == 1.0
+    assert summary["upstream_ratio"] == 1.0 and summary["degenerate_dense"] == 0.0   # dense's own extras
     assert recorder.layer_densities() == {i: 1.0 for i in range(N_LAYERS)}
     decode = recorder.by_phase("decode")
     assert [r.k_len for r in decode[::N_LAYERS]] == list(range(24, 31))
@@ -212,3 +213,18 @@ def test_cuda_dense_backends_in_model(backend):
             chunked = model(ids[:, 40:], past_key_values=cache, use_cache=True).logits.float()
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(chunked, ref[:, 40:], rtol=2e-2, atol=2e-2)
+
+
+def test_recorder_aggregates_method_extras():
+    from anchor.stats import dense_stats
+    from methods.hf_patch import CallRecord
+
+    recorder = StatsRecorder()
+    for layer, extra in enumerate([{"upstream_ratio": 0.2, "degenerate_dense": 1.0},
+                                   {"upstream_ratio": 0.4, "degenerate_dense": 0.0}, {}]):
+        stats = dense_stats(1, 2, 8, 8, fallback=False)
+        stats.extra.update(extra)
+        recorder.add(CallRecord(layer, "prefill", 8, 8, stats))
+    recorder.add(CallRecord(0, "decode", 1, 9, dense_stats(1, 2, 1, 9, fallback=False)))
+    assert recorder.upstream_ratio() == pytest.approx(0.3) and recorder.degenerate_fraction() == 0.5
+    assert StatsRecorder().upstream_ratio() is None and StatsRecorder().degenerate_fraction() is None
