@@ -66,6 +66,9 @@ def _fingerprint(folder: Path) -> dict:
 def collect(folders: list[Path], out: Path) -> None:
     """Make ``out`` a run folder holding the rows, plans, sessions and fingerprint of ``folders``
     (shards of one run); refuses folders of different configs."""
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such run folder: {folder}")
     first = _fingerprint(folders[0])
     for folder in folders[1:]:
         diff = fp.differences(first, _fingerprint(folder))
@@ -101,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="merge these folders (shards of one run) into this new run folder")
     args = parser.parse_args(argv)
     try:
-        folders = run_folders(args.folders)
+        if args.out:
+            collect([Path(f) for f in args.folders], Path(args.out))
+            folders = [Path(args.out)]
+        else:
+            folders = run_folders(args.folders)
         if not folders:
             raise FileNotFoundError(f"no generation run folder (with a plan*.json) under {', '.join(args.folders)}")
-        if args.out:
-            collect(folders, Path(args.out))
-            folders = [Path(args.out)]
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
