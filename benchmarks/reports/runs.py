@@ -60,19 +60,6 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(runs)
 
 
-def read_samples(path: Path) -> list[dict]:
-    """Rows of a ``samples.jsonl``; a truncated last line (run killed mid-write) is ignored."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON: {err}") from err
-    return rows
-
-
 def run_config(summary: dict, path: Path) -> dict:
     """The resolved run config stored in a summary."""
     cfg = summary.get("config") or summary.get("env", {}).get("config")
