@@ -10,6 +10,8 @@ failed or interrupted run leaves a ``FAILED`` marker and its traceback in ``run.
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -26,4 +28,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:     # outside a job: a launcher's main process (joblib, submitit), or start-up
+        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        print("\ninterrupted" + (f"; resume with:\n  {job.sweep_resume_hint(sys.argv[1:])}" if multirun else ""),
+              file=sys.stderr)
+        sys.exit(130)

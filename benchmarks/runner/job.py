@@ -10,6 +10,7 @@ workers can unpickle the job (and keep the loaded model between jobs).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -74,7 +75,8 @@ def seed_everything(seed: int) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _load_model(model_yaml: str, device: str):
-    """Load once per process: a multirun's jobs (run in one process) share the model."""
+    """Load once per process: a multirun's jobs (in one process or one worker) share the model; one
+    model at a time, so a worker whose next job leases another GPU drops the previous copy."""
     from methods.models import load_model
 
     return load_model(OmegaConf.create(model_yaml), device)
@@ -109,6 +111,14 @@ def resume_hint(out_dir: Path) -> str:
     folder = hc.sweep.dir if sweep else str(out_dir)
     args = [a for a in sys.argv[1:] if not a.startswith(f"{key}=")]
     return f"python run.py {' '.join(map(shlex.quote, args))} {key}={shlex.quote(str(folder))}"
+
+
+def sweep_resume_hint(argv: list[str]) -> str:
+    """The command that resumes an interrupted multirun whose folder is not known here (a
+    launcher's main process): the same arguments with the sweep folder it printed."""
+    given = [a for a in argv if a.startswith("hydra.sweep.dir=")]
+    folder = "" if given else " hydra.sweep.dir=<the sweep output dir printed above>"
+    return f"python run.py {' '.join(map(shlex.quote, argv))}{folder}"
 
 
 def run_job(cfg: DictConfig, out_dir: Path, device: str) -> None:
@@ -156,7 +166,7 @@ def run_job(cfg: DictConfig, out_dir: Path, device: str) -> None:
                 from benchmarks.runner.generate import model_context, run_generation
                 from benchmarks.runner.merge import merge_folder
 
-                options = RunnerOptions(**{**options.__dict__, "max_context": model_context(cfg.model, model)})
+                options = dataclasses.replace(options, max_context=model_context(cfg.model, model))
                 run_generation(bench, cfg.bench, model, tokenizer, method, writer, torch.device(device), logger,
                                options)
                 (out_dir / failed_name(options.shard, options.num_shards)).unlink(missing_ok=True)
