@@ -104,10 +104,11 @@ def test_run_longbench_fixture_resume_and_errors(repo_root, tmp_path):
     new_lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(new_lines) == 3 and new_lines[0] == lines[0]
 
-    missing = _run(repo_root, f"bench.data_dir={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'r2'}", ok=False)
+    missing = _run(repo_root, f"bench.data_dir={tmp_path / 'nothing'}", "bench.max_length=4000",
+                   f"hydra.run.dir={tmp_path / 'r2'}", ok=False)
     assert "hotpotqa" in missing.stderr and "bench.source=hub" in missing.stderr
     bad = _run(repo_root, "method=no_such_method", ok=False)
     assert "no_such_method" in bad.stderr
-    beyond = _run(repo_root, "bench=niah", "bench.max_length=100000", f"hydra.run.dir={tmp_path / 'r3'}", ok=False)
+    beyond = _run(repo_root, "bench.max_length=100000", f"hydra.run.dir={tmp_path / 'r3'}", ok=False)
     assert "bench.max_length 100000 is 100000 tokens, beyond the model's context of 8192" in beyond.stderr
-    assert not list((tmp_path / "r3").glob("samples*"))
+    assert not list((tmp_path / "r3").glob("samples*.jsonl")) and (tmp_path / "r3" / "FAILED").exists()
