@@ -52,8 +52,9 @@ def test_a_key_some_methods_lack_is_skipped_for_them_with_a_note(capsys):
     assert check_method_keys([["method=anchor", "method.theta=8"]]) == []
 
 
-def test_run_py_exits_1_on_a_typo(repo_root):
+def test_run_py_exits_1_on_a_typo(repo_root, tmp_path):
     proc = subprocess.run([sys.executable, "run.py", "-m", "method=dense,anchor", "method.thetta=1,2", "bench=smoke",
-                           "hydra.sweep.dir=/nonexistent/never"], cwd=repo_root, capture_output=True, text=True,
-                          timeout=300)
+                           "device=cpu", "bench.lengths=[256]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "method.thetta: no swept method has this key" in proc.stderr
+    assert not (tmp_path / "sweep").exists()                               # no job started
