@@ -137,7 +137,7 @@ class ResultWriter:
             self.fingerprint = fp.config_fingerprint(self.config)
             self._check_fingerprint()
             self._record_session(shard, num_shards)
-            self._rows = self._load()
+            self._repair()
         except BaseException:
             self.close()
             raise
@@ -197,24 +197,20 @@ class ResultWriter:
         with open(self.out_dir / SESSIONS, "a", encoding="utf-8") as f:
             f.write(json.dumps(session) + "\n")
 
-    def _load(self) -> list[dict]:
-        """Parse this writer's samples; drop a truncated last line and rewrite the file without it."""
+    def _repair(self) -> None:
+        """Drop a truncated last line of this writer's samples file (rewriting the file without it);
+        a corrupt earlier line raises."""
         if not self.samples_path.exists():
-            return []
+            return
         raw = self.samples_path.read_bytes()
-        rows, kept = _parse(self.samples_path, raw)
+        kept = _parse(self.samples_path, raw)[1]
         good = b"".join(line + b"\n" for line in kept)
         if good != raw:
             atomic_write(self.samples_path, good)
-        return rows
 
     def done_ids(self) -> set:
         """Ids of the examples any samples file of the folder holds (to skip on resume)."""
         return {r["id"] for r in self.rows() if "id" in r}
-
-    def own_rows(self) -> list[dict]:
-        """The samples of this writer's file, this run and earlier ones."""
-        return list(self._rows)
 
     def rows(self) -> list[dict]:
         """Every sample of the folder (every samples file, re-read now), de-duplicated by id."""
@@ -232,7 +228,6 @@ class ResultWriter:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        self._rows.append(row)
 
     def finish(self, summary: Mapping[str, Any], extra_env: Mapping[str, Any] | None = None) -> Path:
         """Write ``summary.json`` = ``summary`` + ``env`` block (plus ``extra_env``); clear ``FAILED*``."""
