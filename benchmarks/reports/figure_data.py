@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.reports.runs import find_runs, read_samples
-from benchmarks.runner.results import SAMPLES
+from benchmarks.reports.runs import find_runs
+from benchmarks.runner.results import folder_rows
 
 TABLE1_PAIRS = {"top-k": ("oracle_topk_block", "oracle_topk_stripe"),
                 "top-cdf": ("oracle_topcdf_block", "oracle_topcdf_stripe")}
@@ -39,7 +39,7 @@ def load_analysis(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFra
     A sample id seen in several runs (same model) keeps its last copy, with a warning.
     """
     paths = list(paths)
-    rows = [{**r, "run": str(run)} for run in find_runs(paths) for r in read_samples(run / SAMPLES)
+    rows = [{**r, "run": str(run)} for run in find_runs(paths) for r in folder_rows(run)[0]
             if r.get("kind") in ("accuracy", "latency")]
     if not rows:
         raise FileNotFoundError(f"no analysis samples under {', '.join(map(str, paths))}")

@@ -2,10 +2,11 @@
 
 ``python -m benchmarks.reports.runs <run or multirun folder(s)> --out <dir>``
 
-Every folder under the given ones that holds a ``samples.jsonl`` is one run; its
-``summary.json`` supplies the resolved config (``summary["config"]``, else
-``summary["env"]["config"]``): benchmark, model and method. Runs without a summary (unfinished)
-are skipped with a warning.
+Every folder under the given ones that holds a ``samples.jsonl`` (or shard files
+``samples.shard-<i>-of-<N>.jsonl``, read together, de-duplicated by id, limited to the examples
+its plan asks for) is one run; its ``summary.json`` supplies the resolved config
+(``summary["config"]``, else ``summary["env"]["config"]``): benchmark, model and method. Runs
+without a summary (unfinished) or with a ``FAILED*`` marker are skipped with a warning.
 
 Written to ``--out``, per benchmark ``<bench>``:
 
@@ -38,7 +39,8 @@ import pandas as pd
 import yaml
 
 from benchmarks.config_files import CONF_DIR
-from benchmarks.runner.results import SAMPLES, SUMMARY
+from benchmarks.runner.plan import planned_rows
+from benchmarks.runner.results import SUMMARY, failure_markers
 from benchmarks.tables import markdown_table
 
 NIAH = "niah"
@@ -49,26 +51,13 @@ KEYS = ["model", "label"]
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders (holding ``samples.jsonl``) at or under ``paths``, sorted, without repeats."""
+    """Run folders (holding ``samples*.jsonl``) at or under ``paths``, sorted, without repeats."""
     runs = set()
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"no such results folder: {path}")
-        runs.update(p.parent.resolve() for p in path.rglob(SAMPLES))
+        runs.update(p.parent.resolve() for p in path.rglob("samples*.jsonl"))
     return sorted(runs)
-
-
-def read_samples(path: Path) -> list[dict]:
-    """Rows of a ``samples.jsonl``; a truncated last line (run killed mid-write) is ignored."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON: {err}") from err
-    return rows
 
 
 def run_config(summary: dict, path: Path) -> dict:
@@ -121,13 +110,16 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     paths = list(paths)
     runs = []
     for run in find_runs(paths):
+        if failure_markers(run):
+            warnings.warn(f"skipping {run}: its last attempt failed ({failure_markers(run)[0].name})", stacklevel=2)
+            continue
         if not (run / SUMMARY).exists():
             warnings.warn(f"skipping {run}: {SUMMARY} missing (run unfinished?)", stacklevel=2)
             continue
         cfg = run_config(json.loads((run / SUMMARY).read_text()), run / SUMMARY)
-        runs.append((run, cfg, read_samples(run / SAMPLES)))
+        runs.append((run, cfg, planned_rows(run)))
     if not any(samples for _, _, samples in runs):
-        raise FileNotFoundError(f"no finished run with samples ({SAMPLES} + {SUMMARY}) under "
+        raise FileNotFoundError(f"no finished run with samples (samples*.jsonl + {SUMMARY}) under "
                                 f"{', '.join(map(str, paths))}")
     labels = method_labels([cfg["method"] for _, cfg, _ in runs])
     rows = []

@@ -1,25 +1,51 @@
 """The generation runner shared by RULER, LongBench and NIAH.
 
-For every ``Example`` of the benchmark not yet in ``samples.jsonl``: tokenize, prefill with the
-method patched into the model (timed, synchronised), decode greedily (dense attention), score,
-and append one line. The model is patched once for the whole run; per-example statistics come
-from a ``StatsRecorder`` reset before each example.
+For every ``Example`` of this process's shard (``runner.shard`` of ``runner.num_shards``, by
+``benchmarks.runner.plan.shard_of``) not yet in the run folder: tokenize, prefill with the
+method patched into the model (timed, synchronised), decode greedily (dense attention, mode
+``runner.decode``: ``benchmarks.runner.decode``), score, and append one line with the time of
+each phase. The model is patched once for the whole run; per-example statistics come from a
+``StatsRecorder`` reset before each example. Lengths beyond the model's context are refused
+before anything runs unless ``runner.allow_beyond_context`` is true.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from benchmarks.registry import Benchmark
+from benchmarks.runner import fingerprint as fp
+from benchmarks.runner.decode import Decoder
+from benchmarks.runner.plan import shard_of, write_plan
+from benchmarks.runner.results import ResultWriter, summarize_by
 from benchmarks.tasks.example import Example
 from benchmarks.tasks.metrics import METRICS
-from benchmarks.runner.results import ResultWriter, summarize_by
-from benchmarks.timing import sync
 from methods.hf_patch import StatsRecorder, patched
+
+PHASES = ("tokenize_ms", "prefill_ms", "decode_ms", "score_ms")
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """The ``runner`` block of the config (see ``conf/config.yaml``).
+
+    Attributes:
+        shard, num_shards: this process runs the examples with ``shard_of(id, num_shards) == shard``.
+        decode: decode mode (``benchmarks.runner.decode.DECODE_MODES``).
+        max_context: the model's context in tokens (None: unknown, not checked).
+        allow_beyond_context: run lengths above ``max_context`` anyway.
+    """
+
+    shard: int = 0
+    num_shards: int = 1
+    decode: str = "loop"
+    max_context: int | None = None
+    allow_beyond_context: bool = False
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -34,38 +60,29 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-@torch.inference_mode()
-def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, stop_ids: set[int],
-                    newline_id: int | None = None) -> tuple[list[int], float]:
-    """Greedy decoding of ``input_ids [1, N]``; returns (new token ids, prefill milliseconds).
+def model_context(model_cfg: Mapping[str, Any], model) -> int | None:
+    """The model's context in tokens: ``model.max_length`` of its config, else the loaded
+    config's ``max_position_embeddings`` (None if neither)."""
+    limit = model_cfg.get("max_length") or getattr(model.config, "max_position_embeddings", None)
+    return int(limit) if limit else None
 
-    Stops after a stop token (not returned) or at ``max_new_tokens``. With ``newline_id`` (LongBench
-    samsum) that token also stops generation, and neither it nor a stop token may come first
-    (the official ``min_length=context+1``). Prefill time covers the forward pass over the prompt.
-    """
-    from transformers import DynamicCache
 
-    device = input_ids.device
-    cache = DynamicCache()
-    sync(device)
-    start = time.perf_counter()
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
-    sync(device)
-    prefill_ms = (time.perf_counter() - start) * 1e3
-    new: list[int] = []
-    banned_first = sorted(stop_ids | {newline_id}) if newline_id is not None else []
-    for step in range(max_new_tokens):
-        if step == 0 and banned_first:
-            logits[:, banned_first] = float("-inf")
-        token = int(logits.argmax(-1))
-        if token in stop_ids:
-            break
-        new.append(token)
-        if token == newline_id:
-            break
-        step = torch.tensor([[token]], device=device)
-        logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
-    return new, prefill_ms
+def _check_length(what: str, length: int, options: RunnerOptions) -> None:
+    if options.max_context is not None and length > options.max_context and not options.allow_beyond_context:
+        raise ValueError(f"{what} is {length} tokens, beyond the model's context of {options.max_context} "
+                         f"(model.max_length, else its max_position_embeddings); lower it, or set "
+                         f"runner.allow_beyond_context=true to run there anyway")
+
+
+def check_lengths(bench_cfg: Mapping[str, Any], options: RunnerOptions) -> None:
+    """Refuse a benchmark whose configured lengths exceed the model's context, before any work:
+    ``bench.lengths`` (RULER) and ``bench.max_length`` (NIAH's longest context, LongBench's
+    prompt budget)."""
+    for key in ("lengths", "max_length"):
+        value = bench_cfg.get(key)
+        for length in (value if isinstance(value, Sequence) and not isinstance(value, str) else [value]):
+            if length is not None:
+                _check_length(f"bench.{key} {length}", int(length), options)
 
 
 def score_example(bench: Benchmark, example: Example, prediction: str) -> float:
@@ -80,8 +97,28 @@ def newline_token_id(tokenizer) -> int:
     return tokenizer.encode("\n", add_special_tokens=False)[-1]
 
 
+def throughput(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Examples per hour (from the per-example wall time) and where the time goes: mean ms per
+    phase, each phase's share, ms per decode step. None for rows without phase times."""
+    timed = [r for r in rows if all(r.get(k) is not None for k in (*PHASES, "example_ms", "decode_steps"))]
+    if not timed:
+        return None
+    total = sum(r["example_ms"] for r in timed)
+    steps = sum(r["decode_steps"] for r in timed)
+    return {
+        "examples_per_hour": round(3.6e6 * len(timed) / total, 1) if total else None,
+        "example_ms_mean": total / len(timed),
+        "phase_ms_mean": {k[:-3]: sum(r[k] for r in timed) / len(timed) for k in PHASES},
+        "phase_share": {k[:-3]: round(sum(r[k] for r in timed) / total, 4) if total else None for k in PHASES},
+        "decode_ms_per_step": sum(r["decode_ms"] for r in timed) / steps if steps else None,
+        "decode_modes": sorted({str(r.get("decode")) for r in timed}),
+        "n_timed": len(timed),
+    }
+
+
 def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) -> dict[str, Any]:
-    """Scores x100 per task, per (task, length), per length (mean over tasks) and overall.
+    """Scores x100 per task, per (task, length), per length (mean over tasks) and overall, cost
+    means and ``throughput``.
 
     Means are taken on unrounded values; only the reported numbers are rounded (2 decimals).
     """
@@ -92,7 +129,7 @@ def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) 
     by_length = {n: sum(s[n] for s in raw.values() if n in s) / max(1, sum(n in s for s in raw.values()))
                  for n in lengths}
     present = sorted(raw)
-    return {
+    summary = {
         "scores": {t: {n: round(v, 2) for n, v in s.items()} for t, s in raw.items()},
         "score_by_task": {r["task"]: round(100 * r["score"], 2) for r in summarize_by(rows, ["task"], "score")},
         "score_by_length": {n: round(v, 2) for n, v in by_length.items()},
@@ -103,35 +140,63 @@ def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) 
         "dense_fallbacks": sum(r["dense_fallbacks"] for r in rows),
         "unavailable_tasks": sorted(set(requested_tasks or present) - set(present)),
     }
+    speed = throughput(rows)
+    if speed is not None:
+        summary["throughput"] = speed
+    return summary
 
 
 def run_generation(bench: Benchmark, bench_cfg, model, tokenizer, method, writer: ResultWriter,
-                   device: torch.device, logger=None) -> dict[str, Any]:
-    """Run the generation task ``bench`` (registry entry with ``load_examples``) with ``method``;
-    return the summary."""
+                   device: torch.device, logger=None, options: RunnerOptions = RunnerOptions()) -> None:
+    """Run this shard of the generation task ``bench`` (registry entry with ``load_examples``)
+    with ``method``: write the shard's plan, then one row per example into ``writer``.
+
+    The summary is written separately (``benchmarks.runner.merge.merge_folder``) once the folder
+    holds every shard's examples.
+    """
+    check_lengths(bench_cfg, options)
     examples = bench.load_examples(bench_cfg, tokenizer)
     if not examples:
         raise RuntimeError(f"benchmark {bench_cfg.get('name')} produced no examples: check its data and config")
+    tasks = bench_cfg.get("tasks") or bench_cfg.get("datasets")
+    write_plan(writer.out_dir, shard=options.shard, num_shards=options.num_shards, ids=[ex.id for ex in examples],
+               digest=fp.digest(writer.fingerprint) if writer.fingerprint else None,
+               requested_tasks=list(tasks) if tasks else None, config=writer.config)
+    mine = [ex for ex in examples if shard_of(ex.id, options.num_shards) == options.shard]
     done = writer.done_ids()
-    todo = [ex for ex in examples if ex.id not in done]
-    print(f"[{bench_cfg.get('name')}] {len(examples)} examples, {len(examples) - len(todo)} already done")
+    todo = [ex for ex in mine if ex.id not in done]
+    note = f" (shard {options.shard} of {options.num_shards}: {len(mine)})" if options.num_shards > 1 else ""
+    print(f"[{bench_cfg.get('name')}] {len(examples)} examples, {len(mine) - len(todo)} already done{note}")
     stop_ids = stop_token_ids(model, tokenizer)
     newline_id = newline_token_id(tokenizer)
+    decoder = Decoder(model, options.decode)
     recorder = StatsRecorder()
     with patched(model, method, recorder):
         for ex in tqdm(todo, desc=str(bench_cfg.get("name")), unit="ex"):
-            ids = tokenizer(ex.prompt, add_special_tokens=ex.add_special_tokens, return_tensors="pt").input_ids
-            recorder.reset()
-            new, prefill_ms = greedy_generate(model, ids.to(device), ex.max_new_tokens, stop_ids,
-                                              newline_id if ex.meta.get("stop_at_newline") else None)
-            prediction = tokenizer.decode(new, skip_special_tokens=True)
-            row = {"id": ex.id, "task": ex.task, "length": ex.length, "input_tokens": ids.shape[1],
-                   "prediction": prediction, "targets": ex.targets, "metric": ex.metric,
-                   "score": score_example(bench, ex, prediction), "prefill_ms": prefill_ms,
-                   "density": recorder.prefill_density(), "dense_fallbacks": recorder.dense_fallbacks(),
-                   "meta": ex.meta}
+            row = run_example(bench, ex, tokenizer, decoder, recorder, stop_ids, newline_id, device, options)
             writer.append(row)
             if logger is not None:
-                logger.log({"score": row["score"], "prefill_ms": prefill_ms, "density": row["density"]})
-    tasks = bench_cfg.get("tasks") or bench_cfg.get("datasets")
-    return summarize(writer.rows(), list(tasks) if tasks else None)
+                logger.log({k: row[k] for k in ("score", "density", *PHASES)})
+
+
+def run_example(bench: Benchmark, ex: Example, tokenizer, decoder: Decoder, recorder: StatsRecorder,
+                stop_ids: set[int], newline_id: int, device: torch.device, options: RunnerOptions) -> dict:
+    """Tokenize, generate and score one example; its samples row, phase times in ms."""
+    start = time.perf_counter()
+    ids = tokenizer(ex.prompt, add_special_tokens=ex.add_special_tokens, return_tensors="pt").input_ids
+    tokenized = time.perf_counter()
+    _check_length(f"example {ex.id}'s prompt", ids.shape[1], options)
+    recorder.reset()
+    gen = decoder.generate(ids.to(device), ex.max_new_tokens, stop_ids,
+                           newline_id if ex.meta.get("stop_at_newline") else None)
+    scoring = time.perf_counter()
+    prediction = tokenizer.decode(gen.tokens, skip_special_tokens=True)
+    score = score_example(bench, ex, prediction)
+    end = time.perf_counter()
+    return {"id": ex.id, "task": ex.task, "length": ex.length, "input_tokens": ids.shape[1],
+            "prediction": prediction, "targets": ex.targets, "metric": ex.metric, "score": score,
+            "prefill_ms": gen.prefill_ms, "density": recorder.prefill_density(),
+            "dense_fallbacks": recorder.dense_fallbacks(), "meta": ex.meta,
+            "new_tokens": len(gen.tokens), "decode_steps": gen.decode_steps, "decode": options.decode,
+            "tokenize_ms": (tokenized - start) * 1e3, "decode_ms": gen.decode_ms,
+            "score_ms": (end - scoring) * 1e3, "example_ms": (end - start) * 1e3}

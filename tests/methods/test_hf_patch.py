@@ -1,6 +1,7 @@
 """The HF transformers integration on tiny random Llama / Qwen2 models built from conf/model."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ from methods.hf_patch import IMPL_NAME, StatsRecorder, harness_attention, non_ca
 from methods.models import load_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def _with_cache(model, cache) -> dict:
+    """The KV-cache keyword of ``model.forward``: ``cache`` (transformers >= 5.2x, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (5.17)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 def _keep_all(name: str, **overrides) -> dict:
@@ -96,9 +103,9 @@ def test_chunked_prefill_matches_one_shot(model):
     with torch.no_grad(), patched(model, method, recorder):
         one_shot = model(ids).logits[:, -1]
         cache = DynamicCache(config=model.config)
-        model(ids[:, :17], past_key_values=cache, use_cache=True)
-        model(ids[:, 17:30], past_key_values=cache, use_cache=True)
-        chunked = model(ids[:, 30:], past_key_values=cache, use_cache=True).logits[:, -1]
+        model(ids[:, :17], **_with_cache(model, cache), use_cache=True)
+        model(ids[:, 17:30], **_with_cache(model, cache), use_cache=True)
+        chunked = model(ids[:, 30:], **_with_cache(model, cache), use_cache=True).logits[:, -1]
     torch.testing.assert_close(chunked, one_shot, rtol=RTOL, atol=ATOL)
     # The causal mask sdpa_mask builds for a chunk is recognised: the method runs every call.
     assert method.calls == 4 * N_LAYERS
@@ -209,8 +216,8 @@ def test_cuda_dense_backends_in_model(backend):
         with patched(model, method):
             out = model(ids).logits.float()
             cache = DynamicCache(config=model.config)
-            model(ids[:, :40], past_key_values=cache, use_cache=True)
-            chunked = model(ids[:, 40:], past_key_values=cache, use_cache=True).logits.float()
+            model(ids[:, :40], **_with_cache(model, cache), use_cache=True)
+            chunked = model(ids[:, 40:], **_with_cache(model, cache), use_cache=True).logits.float()
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(chunked, ref[:, 40:], rtol=2e-2, atol=2e-2)
 

@@ -1,5 +1,6 @@
-"""The generation runner: greedy decoding, and run.py end to end on a 3-example LongBench fixture
-with the real SmolLM2 (resume after an interruption, clear errors for missing data / bad config)."""
+"""The generation runner: summaries, the context guard, and run.py end to end on a 3-example
+LongBench fixture with the real SmolLM2 (resume after an interruption, clear errors for missing
+data / bad config / lengths beyond the model's context)."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import yaml
 
-from benchmarks.runner.generate import greedy_generate, summarize
-from methods.models import load_model
+from benchmarks.runner.generate import RunnerOptions, check_lengths, summarize, throughput
 
 ROWS = {
     "hotpotqa": [
@@ -38,22 +36,11 @@ def _fixture(folder):
 
 def _run(repo_root, *args, ok=True):
     proc = subprocess.run([sys.executable, "run.py", "model=smollm2", "method=anchor", "bench=longbench",
-                           "device=cpu", *args], cwd=repo_root, env=dict(os.environ, TRITON_INTERPRET="1"),
+                           "device=cpu", *args], cwd=repo_root,
+                          env=dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=900)
     assert (proc.returncode == 0) == ok, f"run.py {args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def test_greedy_generate_matches_hf_generate(repo_root):
-    cfg = yaml.safe_load((repo_root / "conf/model/tiny_llama.yaml").read_text())
-    model, _ = load_model(cfg, "cpu")
-    ids = torch.randint(3, 128, (1, 21), generator=torch.Generator().manual_seed(0))
-    ref = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
-    new, prefill_ms = greedy_generate(model, ids, 6, stop_ids=set())
-    assert new == ref[0, 21:].tolist() and prefill_ms > 0
-    first = new[0]
-    banned, _ = greedy_generate(model, ids, 3, stop_ids={first}, newline_id=new[1])
-    assert banned[0] not in (first, new[1])                                   # min_length rule
 
 
 def test_summarize_means_per_task_and_length():
@@ -65,6 +52,29 @@ def test_summarize_means_per_task_and_length():
     assert s["score_by_length"] == {"4": 50.0, "8": 50.0} and s["score_avg"] == 50.0
     assert s["unavailable_tasks"] == ["c"] and s["dense_fallbacks"] == 1
     assert s["prefill_ms_mean"] == pytest.approx(4.0) and s["density_mean"] == pytest.approx(0.7)
+    assert "throughput" not in s                                        # rows without phase times
+
+
+def test_throughput_says_where_time_goes():
+    rows = [{"tokenize_ms": 1.0, "prefill_ms": 10.0, "decode_ms": 80.0, "score_ms": 1.0, "example_ms": 100.0,
+             "decode_steps": 8, "decode": "loop"},
+            {"tokenize_ms": 3.0, "prefill_ms": 30.0, "decode_ms": 60.0, "score_ms": 1.0, "example_ms": 100.0,
+             "decode_steps": 2, "decode": "loop"}]
+    t = throughput(rows)
+    assert t["examples_per_hour"] == 36000.0 and t["example_ms_mean"] == 100.0
+    assert t["phase_ms_mean"] == {"tokenize": 2.0, "prefill": 20.0, "decode": 70.0, "score": 1.0}
+    assert t["phase_share"]["decode"] == 0.7 and t["decode_ms_per_step"] == 14.0 and t["decode_modes"] == ["loop"]
+
+
+def test_lengths_beyond_the_context_are_refused_unless_allowed():
+    limit = RunnerOptions(max_context=8192)
+    check_lengths({"lengths": [4096, 8192]}, limit)
+    with pytest.raises(ValueError, match="bench.lengths 100000 is 100000 tokens, beyond the model's context of 8192"):
+        check_lengths({"lengths": [4096, 100000]}, limit)
+    with pytest.raises(ValueError, match="runner.allow_beyond_context=true"):
+        check_lengths({"max_length": 127500}, limit)                       # LongBench / NIAH
+    check_lengths({"max_length": 127500}, RunnerOptions(max_context=8192, allow_beyond_context=True))
+    check_lengths({"max_length": 127500}, RunnerOptions())              # unknown context: not checked
 
 
 @pytest.mark.slow
@@ -94,7 +104,11 @@ def test_run_longbench_fixture_resume_and_errors(repo_root, tmp_path):
     new_lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(new_lines) == 3 and new_lines[0] == lines[0]
 
-    missing = _run(repo_root, f"bench.data_dir={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'r2'}", ok=False)
+    missing = _run(repo_root, f"bench.data_dir={tmp_path / 'nothing'}", "bench.max_length=4000",
+                   f"hydra.run.dir={tmp_path / 'r2'}", ok=False)
     assert "hotpotqa" in missing.stderr and "bench.source=hub" in missing.stderr
     bad = _run(repo_root, "method=no_such_method", ok=False)
     assert "no_such_method" in bad.stderr
+    beyond = _run(repo_root, "bench.max_length=100000", f"hydra.run.dir={tmp_path / 'r3'}", ok=False)
+    assert "bench.max_length 100000 is 100000 tokens, beyond the model's context of 8192" in beyond.stderr
+    assert not list((tmp_path / "r3").glob("samples*.jsonl")) and (tmp_path / "r3" / "FAILED").exists()
