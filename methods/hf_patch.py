@@ -86,6 +86,11 @@ class StatsRecorder:
                  if "degenerate_dense" in r.stats.extra]
         return sum(flags) / len(flags) if flags else None
 
+    def dense_backend(self) -> str | None:
+        """The dense kernel the active method last ran (``Dense.last_backend``: fa4 / sdpa / ...),
+        or ``None`` for methods that do not say."""
+        return getattr(_ACTIVE.method, "last_backend", None) if _ACTIVE is not None else None
+
     def dense_fallbacks(self) -> int:
         """Number of calls that ran dense attention instead of the method (decode not counted)."""
         return sum(r.stats.dense_fallback for r in self.records)

@@ -116,6 +116,12 @@ def throughput(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _mean(values) -> float | None:
+    """Mean of the non-None values (None if there are none: e.g. a method reporting no upstream ratio)."""
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) -> dict[str, Any]:
     """Scores x100 per task, per (task, length), per length (mean over tasks) and overall, cost
     means and ``throughput``.
@@ -138,6 +144,9 @@ def summarize(rows: list[Mapping[str, Any]], requested_tasks: list[str] | None) 
         "prefill_ms_mean": sum(r["prefill_ms"] for r in rows) / max(1, len(rows)),
         "density_mean": sum(r["density"] for r in rows) / max(1, len(rows)),
         "dense_fallbacks": sum(r["dense_fallbacks"] for r in rows),
+        "upstream_ratio_mean": _mean(r.get("upstream_ratio") for r in rows),
+        "degenerate_dense_mean": _mean(r.get("degenerate_dense") for r in rows),
+        "dense_backends": sorted({r["dense_backend"] for r in rows if r.get("dense_backend")}),
         "unavailable_tasks": sorted(set(requested_tasks or present) - set(present)),
     }
     speed = throughput(rows)
@@ -196,7 +205,9 @@ def run_example(bench: Benchmark, ex: Example, tokenizer, decoder: Decoder, reco
     return {"id": ex.id, "task": ex.task, "length": ex.length, "input_tokens": ids.shape[1],
             "prediction": prediction, "targets": ex.targets, "metric": ex.metric, "score": score,
             "prefill_ms": gen.prefill_ms, "density": recorder.prefill_density(),
-            "dense_fallbacks": recorder.dense_fallbacks(), "meta": ex.meta,
+            "dense_fallbacks": recorder.dense_fallbacks(), "upstream_ratio": recorder.upstream_ratio(),
+            "degenerate_dense": recorder.degenerate_fraction(), "dense_backend": recorder.dense_backend(),
+            "meta": ex.meta,
             "new_tokens": len(gen.tokens), "decode_steps": gen.decode_steps, "decode": options.decode,
             "tokenize_ms": (tokenized - start) * 1e3, "decode_ms": gen.decode_ms,
             "score_ms": (end - scoring) * 1e3, "example_ms": (end - start) * 1e3}

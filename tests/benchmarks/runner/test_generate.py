@@ -44,14 +44,19 @@ def _run(repo_root, *args, ok=True):
 
 
 def test_summarize_means_per_task_and_length():
-    rows = [{"task": "a", "length": 4, "score": 1.0, "prefill_ms": 2.0, "density": 0.5, "dense_fallbacks": 0},
-            {"task": "a", "length": 4, "score": 0.0, "prefill_ms": 4.0, "density": 0.7, "dense_fallbacks": 1},
-            {"task": "b", "length": 8, "score": 0.5, "prefill_ms": 6.0, "density": 0.9, "dense_fallbacks": 0}]
+    rows = [{"task": "a", "length": 4, "score": 1.0, "prefill_ms": 2.0, "density": 0.5, "dense_fallbacks": 0,
+             "upstream_ratio": 0.2, "degenerate_dense": 0.0, "dense_backend": "fa4"},
+            {"task": "a", "length": 4, "score": 0.0, "prefill_ms": 4.0, "density": 0.7, "dense_fallbacks": 1,
+             "upstream_ratio": None, "degenerate_dense": 1.0},
+            {"task": "b", "length": 8, "score": 0.5, "prefill_ms": 6.0, "density": 0.9, "dense_fallbacks": 0,
+             "upstream_ratio": 0.4}]
     s = summarize(rows, ["a", "b", "c"])
     assert s["scores"] == {"a": {"4": 50.0}, "b": {"8": 50.0}}
     assert s["score_by_length"] == {"4": 50.0, "8": 50.0} and s["score_avg"] == 50.0
     assert s["unavailable_tasks"] == ["c"] and s["dense_fallbacks"] == 1
     assert s["prefill_ms_mean"] == pytest.approx(4.0) and s["density_mean"] == pytest.approx(0.7)
+    assert s["upstream_ratio_mean"] == pytest.approx(0.3) and s["degenerate_dense_mean"] == 0.5
+    assert s["dense_backends"] == ["fa4"]
     assert "throughput" not in s                                        # rows without phase times
 
 
@@ -93,6 +98,7 @@ def test_run_longbench_fixture_resume_and_errors(repo_root, tmp_path):
     assert sorted(r["id"] for r in rows) == sorted(f"{d}/{i}" for d, rs in ROWS.items() for i in range(len(rs))) \
         or len(rows) == 3
     assert all(0.0 <= r["score"] <= 1.0 and r["prefill_ms"] > 0 and 0 < r["density"] for r in rows)
+    assert all(r["degenerate_dense"] == 1.0 for r in rows)     # anchor is dense by construction below 2 groups
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_samples"] == 3 and set(summary["score_by_task"]) == {"hotpotqa", "trec"}
     assert "hotpotqa" in (out / "longbench_by_task.md").read_text()          # the run's own table
