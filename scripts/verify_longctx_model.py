@@ -3,7 +3,7 @@
     python scripts/verify_longctx_model.py tokenizer chat          # ~1 min
     nice python scripts/verify_longctx_model.py nll needle --dtype bf16 --threads 2   # 32k + 4k/8k/16k
 
-Each check prints its numbers and writes ``<out>/<check>.json`` (default
+Each check prints its numbers and writes ``<out>/check_<check>.json`` (default
 ``results/longctx_model``). ``--dtype bf16`` (weights, activations and logits in bf16, NLL summed
 in fp64) is ~3x cheaper than fp32 on a CPU with AMX. What they do:
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                            "result": result},
                           indent=1, ensure_ascii=False)
         print(f"== {check}\n{text}", flush=True)
-        (args.out / f"{check}.json").write_text(text + "\n")
+        (args.out / f"check_{check}.json").write_text(text + "\n")
     return 0
 
 

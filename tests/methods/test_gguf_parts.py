@@ -169,3 +169,18 @@ def test_qwen_coder_is_the_model_it_claims():
     ids = tok(text, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_ruler_prompts_get_the_tokenizer_of_the_split_gguf(monkeypatch):
+    from benchmarks.ruler import load_tokenizer
+    from benchmarks.ruler.__main__ import model_config
+
+    class Reached(Exception):
+        pass
+
+    def folder(cfg):
+        raise Reached(cfg["gguf"])
+
+    monkeypatch.setattr(models, "split_gguf_folder", folder)
+    with pytest.raises(Reached, match="qwen2_5_coder_0_5b"):
+        load_tokenizer(model_config("qwen2_5_coder_0_5b"))
