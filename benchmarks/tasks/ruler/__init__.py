@@ -229,16 +229,19 @@ def load_examples(bench_cfg: Mapping[str, Any], tokenizer: Any) -> list[Example]
 def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
     """The tokenizer of a ``conf/model`` config without loading the model.
 
-    ``gguf``: the SmolLM2 folder of ``methods.models.smollm2_folder()``; ``hf``: ``path``;
-    ``random``: ``tokenizer_from`` (``smollm2`` or a hub id/folder), required.
+    ``gguf``: the SmolLM2 folder of ``methods.models.smollm2_folder()``; ``gguf-parts``: the folder
+    of ``methods.models.split_gguf_folder``; ``hf``: ``path``; ``random``: ``tokenizer_from``
+    (``smollm2`` or a hub id/folder), required.
     """
     from transformers import AutoTokenizer
 
-    from methods.models import smollm2_folder
+    from methods.models import smollm2_folder, split_gguf_folder
 
     kind, name = model_cfg.get("kind"), model_cfg.get("name")
     if kind == "gguf":
         return AutoTokenizer.from_pretrained(smollm2_folder())
+    if kind == "gguf-parts":
+        return AutoTokenizer.from_pretrained(split_gguf_folder(model_cfg))
     if kind == "hf":
         if not model_cfg.get("path"):
             raise KeyError(f"model config {name!r} (kind hf) needs `path`")
@@ -249,7 +252,7 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
             raise ValueError(f"model config {name!r} (kind random) has no tokenizer: set tokenizer_from "
                              "(smollm2 or a hub id/folder) to generate RULER prompts")
         return AutoTokenizer.from_pretrained(smollm2_folder() if source == "smollm2" else str(source))
-    raise ValueError(f"unknown model kind {kind!r}; choose gguf, hf or random")
+    raise ValueError(f"unknown model kind {kind!r}; choose gguf, gguf-parts, hf or random")
 
 
 register_benchmark("ruler", runner="generate", load_examples=load_examples)
