@@ -172,8 +172,8 @@ def test_qwen_coder_is_the_model_it_claims():
 
 
 def test_ruler_prompts_get_the_tokenizer_of_the_split_gguf(monkeypatch):
-    from benchmarks.ruler import load_tokenizer
-    from benchmarks.ruler.__main__ import model_config
+    from benchmarks.tasks.ruler import load_tokenizer
+    from benchmarks.tasks.ruler.__main__ import model_config
 
     class Reached(Exception):
         pass
