@@ -14,7 +14,7 @@ in fp64) is ~3x cheaper than fp32 on a CPU with AMX. What they do:
 * ``nll``: the first ``--tokens`` tokens of the 49 Paul Graham essays (sorted, joined by a blank
   line) in ONE forward pass; mean next-token NLL (nats) per position window; beside it the NLL of
   the same tokens when each 1024-token block is fed alone (what long context adds).
-* ``needle``: the harness's NIAH prompt (``benchmarks.niah``, chat template, depth 50 %, seed 0)
+* ``needle``: the harness's NIAH prompt (``benchmarks.tasks.niah``, chat template, depth 50 %, seed 0)
   at each length; probability of the needle's first digit at the first answer position, and at
   the first position where greedy decoding emits a digit; the greedy answer.
 """
@@ -38,7 +38,7 @@ CHAT_PROMPTS = ["Write a Python function that reverses a string.", "What is the 
 
 
 def essays_text() -> str:
-    from benchmarks.niah import essay_texts
+    from benchmarks.tasks.niah import essay_texts
 
     return "\n\n".join(essay_texts())
 
@@ -134,7 +134,7 @@ def check_nll(model, tok, n_tokens: int, block: int = 1024) -> dict:
 def check_needle(model, tok, length: int, depth: int = 50, max_new: int = 16) -> dict:
     from transformers import DynamicCache
 
-    from benchmarks.niah import load_examples
+    from benchmarks.tasks.niah import load_examples
 
     cfg = {"min_length": length, "max_length": length, "n_lengths": 1, "n_depths": 3, "rounds": 1,
            "buffer": 200, "seed": 0, "chat_template": True, "essays_dir": None}
