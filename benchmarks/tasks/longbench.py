@@ -123,14 +123,23 @@ def _data_path(bench_cfg: Mapping[str, Any], name: str) -> Path:
 
 
 def _read_local(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    """The first ``limit`` rows (all if None) of a jsonl file."""
+    """The first ``limit`` rows (all if None) of a jsonl file; ``ValueError`` naming the file and
+    line of a record that is not a JSON object."""
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, start=1):
             if limit is not None and len(rows) >= limit:
                 break
-            if line.strip():
-                rows.append(json.loads(line))
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                                 "expected one LongBench record per line (the official data.zip files)") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

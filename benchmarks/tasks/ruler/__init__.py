@@ -136,8 +136,14 @@ def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
 def generate_task(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any]) -> list[sizing.Sample]:
     """Generate ``num_samples`` samples of ``task`` at ``length`` (no cache), from ``Random(seed)``."""
     plan = task_plan(task, length, fmt, cfg, random.Random(cfg["seed"]))
-    budget = length - FAMILIES[TASKS[task]["family"]]["tokens_to_generate"]
-    samples = sizing.generate(plan, fmt, budget, cfg["num_samples"])
+    ttg = FAMILIES[TASKS[task]["family"]]["tokens_to_generate"]
+    try:
+        samples = sizing.generate(plan, fmt, length - ttg, cfg["num_samples"])
+    except sizing.TooShort as err:
+        raise ValueError(
+            f"RULER task {task} does not fit in length {length}: its smallest prompt has {err.needed} tokens "
+            f"(+ {ttg} to generate), so it needs a length of at least {err.needed + ttg} with this tokenizer "
+            f"and template; raise bench.lengths or drop {task} from bench.tasks ({err})") from err
     if plan.maximum is not None and any(s.size == plan.maximum for s in samples):
         log.warning("RULER %s at %d: the haystack is used in full (%d) and prompts stay below the target "
                     "length (RULER's mid-2024 cap)", task, length, plan.maximum)
