@@ -3,12 +3,14 @@ own tokenizer to each target length, following the RULER copy AnchorAttention us
 snapshot, identical to FlexPrefill's): its task list, arguments, templates, sizing and metrics.
 
 ``load_examples(bench_cfg, tokenizer)`` returns one ``Example`` per (length, task, sample).
-Samples are cached as jsonl, one file per (tokenizer, template, length, task, seed, num_samples)
-under ``cache_dir``; generation is deterministic, and a cache hit skips it.
+Samples are cached as jsonl, one file per (tokenizer, template set, template, length, task, seed,
+num_samples) under ``cache_dir``; generation is deterministic, and a cache hit skips it.
 ``python -m benchmarks.tasks.ruler`` fills the cache ahead of a run.
 
 Settings (``conf/bench/ruler.yaml``; a plain dict with the same keys works too):
   tasks, lengths, num_samples (AnchorAttention: 64, upstream 500), seed (42),
+  template_set (``anchorattention`` = the paper's RULER copy | ``ruler2024`` = official RULER
+  2024's cwe template and vt in-context example, see ``templates.py``),
   template (``chat`` | ``base``, see ``templates.py``),
   max_new_tokens (``per_task`` = RULER's tokens_to_generate | an int, 128 = AnchorAttention's
   ``pred.py``; sizing always reserves the per-task value, as in the paper's run),
@@ -38,7 +40,7 @@ from typing import Any
 from benchmarks.tasks.example import Example
 from benchmarks.registry import register_benchmark
 from benchmarks.tasks.ruler import niah, qa, sizing, variable_tracking, words
-from benchmarks.tasks.ruler.templates import FAMILIES, PromptFormat
+from benchmarks.tasks.ruler.templates import FAMILIES, TEMPLATE_SETS, PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "qa_2": _task("qa", dataset="hotpotqa"),
 }
 
-SETTINGS = ("tasks", "lengths", "num_samples", "seed", "template", "max_new_tokens", "data_dir", "cache_dir")
+SETTINGS = ("tasks", "lengths", "num_samples", "seed", "template_set", "template", "max_new_tokens", "data_dir",
+            "cache_dir")
 CACHE_VERSION = 1  # bump when generated prompts change, so that stale caches are not reused
 _PROBE = "RULER cache key: The grass is green.\nVAR ABCDE = 12345 8715a103-43da-4043 diligent-fox 1234567"
 
@@ -91,7 +94,9 @@ def settings(bench_cfg: Mapping[str, Any]) -> dict[str, Any]:
     policy = cfg["max_new_tokens"]
     if policy != "per_task" and not (isinstance(policy, int) and not isinstance(policy, bool) and policy > 0):
         raise ValueError(f"max_new_tokens must be 'per_task' or a positive int, got {policy!r}")
-    cfg["template"] = str(cfg["template"])
+    cfg["template"], cfg["template_set"] = str(cfg["template"]), str(cfg["template_set"])
+    if cfg["template_set"] not in TEMPLATE_SETS:
+        raise ValueError(f"unknown RULER template_set {cfg['template_set']!r}; choose one of {TEMPLATE_SETS}")
     cfg["data_dir"], cfg["cache_dir"] = Path(cfg["data_dir"]), Path(cfg["cache_dir"])
     return cfg
 
@@ -112,9 +117,9 @@ def tokenizer_id(tokenizer: Any) -> str:
 
 
 def cache_file(cfg: Mapping[str, Any], tokenizer: Any, task: str, length: int) -> Path:
-    """``<cache_dir>/v1/<tokenizer>/<template>/<length>/<task>-seed<seed>-n<num_samples>.jsonl``."""
-    return (Path(cfg["cache_dir"]) / f"v{CACHE_VERSION}" / tokenizer_id(tokenizer) / cfg["template"]
-            / str(length) / f"{task}-seed{cfg['seed']}-n{cfg['num_samples']}.jsonl")
+    """``<cache_dir>/v1/<tokenizer>/<template_set>/<template>/<length>/<task>-seed<seed>-n<num_samples>.jsonl``."""
+    return (Path(cfg["cache_dir"]) / f"v{CACHE_VERSION}" / tokenizer_id(tokenizer) / cfg["template_set"]
+            / cfg["template"] / str(length) / f"{task}-seed{cfg['seed']}-n{cfg['num_samples']}.jsonl")
 
 
 def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
@@ -125,9 +130,9 @@ def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
     if family == "niah":
         return niah.plan(rng, length, seed, **args)
     if family == "variable_tracking":
-        return variable_tracking.plan(rng, fmt, **args)
+        return variable_tracking.plan(rng, fmt, template_set=cfg["template_set"], **args)
     if family == "common_words_extraction":
-        return words.plan_cwe(rng, length, seed, **args)
+        return words.plan_cwe(rng, length, seed, template_set=cfg["template_set"], **args)
     if family == "freq_words_extraction":
         return words.plan_fwe(rng, length, seed, **args)
     return qa.plan(rng, seed, cfg["num_samples"], data_dir=Path(cfg["data_dir"]), **args)
@@ -223,7 +228,8 @@ def load_examples(bench_cfg: Mapping[str, Any], tokenizer: Any) -> list[Example]
                 max_new_tokens=budget, targets=list(row["outputs"]), metric=TASKS[task]["metric"],
                 add_special_tokens=fmt.add_special_tokens,
                 meta={**row["meta"], "tokens": row["tokens"], "tokens_to_generate": ttg,
-                      "haystack_size": row["size"], "template": cfg["template"], "seed": cfg["seed"]})
+                      "haystack_size": row["size"], "template": cfg["template"],
+                      "template_set": cfg["template_set"], "seed": cfg["seed"]})
                 for row in rows]
     if skipped:
         ran = len(cfg["tasks"]) - len(skipped)
