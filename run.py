@@ -16,6 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from benchmarks.scale import apply_scale
+
 
 def pick_device(name: str) -> str:
     """Resolve the ``device`` setting: ``auto`` -> ``cuda`` if available, else ``cpu``."""
@@ -64,6 +66,8 @@ def _logger(cfg: DictConfig):
 def main(cfg: DictConfig) -> None:
     """Build the method, run the benchmark's runner, write ``summary.json``."""
     device = pick_device(str(cfg.device))
+    # scale: auto -> cpu (conf/cpu_sizes.yaml) | paper, written into cfg and so into summary.json
+    apply_scale(cfg, device, HydraConfig.get().runtime.choices["method"], HydraConfig.get().overrides.task)
     if device == "cpu":
         # Must precede importing anchor/methods: Triton reads it when kernels are defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -88,7 +92,9 @@ def main(cfg: DictConfig) -> None:
     else:
         model, tokenizer = _load_model(OmegaConf.to_yaml(cfg.model), device)
         if tokenizer is None:
-            raise ValueError(f"model {cfg.model.name} has no tokenizer: benchmarks need one (set tokenizer_from)")
+            from benchmarks.tasks.char_tokenizer import no_tokenizer_message
+
+            raise ValueError(no_tokenizer_message(str(cfg.model.name), model.config.vocab_size))
         if bench.runner == "analysis":        # sweeps its own methods (bench.sweep), not cfg.method
             from benchmarks.analysis.runner import run_analysis
 

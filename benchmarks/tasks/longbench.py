@@ -1,7 +1,7 @@
 """LongBench v1 (THUDM/LongBench, MIT): the 16 English and code datasets of the AnchorAttention table.
 
 Ported from the official ``LongBench/pred.py`` and ``eval.py`` with ``config/dataset2prompt.json``
-and ``config/dataset2maxlen.json`` (``shared/docs/benchmarks.md`` §2). Two modes:
+and ``config/dataset2maxlen.json``; data sources: ``docs/data.md``. Two modes:
 
 * ``official`` (default), as ``pred.py``: ``prompt = dataset2prompt[name].format(**row)``; if the
   prompt has more than ``max_length`` tokens (counted with the tokenizer's special tokens), keep the
@@ -174,7 +174,8 @@ def _check_config(bench_cfg: Mapping[str, Any]) -> tuple[list[str], str, str]:
                 f"LongBench data missing: {missing}. Expected the official jsonl files (from data.zip of the HF "
                 f"dataset {HUB_ID}, schema: input, context, answers, length, dataset, language, all_classes, _id) "
                 f"in bench.data_dir={bench_cfg.get('data_dir', 'data/longbench')!r}; or set bench.source=hub "
-                f"(needs the `datasets` package and network), or restrict bench.datasets=[...] to those present.")
+                f"(needs the `datasets` package and network), or restrict bench.datasets=[...] to those present "
+                f"(sources: docs/data.md).")
     return names, mode, source
 
 

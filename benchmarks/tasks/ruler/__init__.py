@@ -258,8 +258,10 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
     if kind == "random":
         source = model_cfg.get("tokenizer_from")
         if source is None:
-            raise ValueError(f"model config {name!r} (kind random) has no tokenizer: set tokenizer_from "
-                             "(smollm2 or a hub id/folder) to generate RULER prompts")
+            from benchmarks.tasks.char_tokenizer import no_tokenizer_message
+
+            vocab = (model_cfg.get("random_config") or {}).get("vocab_size")
+            raise ValueError(no_tokenizer_message(str(name), vocab) + " (needed to generate RULER prompts)")
         return AutoTokenizer.from_pretrained(smollm2_folder() if source == "smollm2" else str(source))
     raise ValueError(f"unknown model kind {kind!r}; choose gguf, hf or random")
 
