@@ -39,9 +39,10 @@ def timing_note(column: str, devices: Iterable[str]) -> str | None:
     devices = set(devices)
     if not devices & {"cpu", "unknown"}:
         return None
-    return (f"`{column}` on device `cpu` is not comparable across methods or with GPU timings: on a "
+    note = (f"`{column}` on device `cpu` is not comparable across methods or with GPU timings: on a "
             "CPU the sparse methods run their fp32 PyTorch references (anchor 2-6x slower than dense "
-            "SDPA), so only GPU timings measure speed. `unknown`: the run recorded no device.")
+            "SDPA), so only GPU timings measure speed.")
+    return note + (" `unknown`: the run recorded no device." if "unknown" in devices else "")
 
 
 def table_notes(columns: Iterable[str], methods: Iterable[str], devices: Iterable[str],

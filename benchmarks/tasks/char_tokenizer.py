@@ -3,7 +3,7 @@
 ``conf/model/tiny_llama.yaml`` and ``tiny_qwen2.yaml`` describe 2-layer random models with a
 128-token vocabulary: no real tokenizer fits it. This one does (one id per character), so that
 ``python run.py model=tiny_llama model.tokenizer_from=benchmarks/tasks/tokenizers/ascii_chars ...``
-drives the whole generation pipeline (prompts, prefill, decoding, scoring) in seconds. The
+drives the whole generation pipeline (prompts, prefill, decoding, scoring) in a minute or two. The
 answers of a random model are noise: it checks plumbing, never accuracy.
 
 Ids: ``<unk>`` 0, ``<s>`` 1 (added in front of every encoded text, as Llama's BOS), ``</s>`` 2,

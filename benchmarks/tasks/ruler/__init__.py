@@ -140,7 +140,12 @@ def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
 
 def generate_task(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any]) -> list[sizing.Sample]:
     """Generate ``num_samples`` samples of ``task`` at ``length`` (no cache), from ``Random(seed)``."""
-    plan = task_plan(task, length, fmt, cfg, random.Random(cfg["seed"]))
+    try:
+        plan = task_plan(task, length, fmt, cfg, random.Random(cfg["seed"]))
+    except sizing.TooShort as err:     # vt's in-context example has its own, fixed budget
+        raise ValueError(f"RULER task {task}: its in-context example does not fit RULER's fixed "
+                         f"{variable_tracking.ICL_LENGTH}-token budget with this tokenizer ({err}), whatever the "
+                         f"length; drop {task} from bench.tasks") from err
     ttg = FAMILIES[TASKS[task]["family"]]["tokens_to_generate"]
     try:
         samples = sizing.generate(plan, fmt, length - ttg, cfg["num_samples"])
