@@ -1,14 +1,15 @@
-"""The run's ``scale`` (``conf/config.yaml``): the authors' method sizes, or CPU-sized ones.
+"""The run's ``scale`` (``conf/config.yaml``): the authors' method settings, or CPU-sized ones.
 
 ``scale: auto | paper | cpu``:
 
 * ``paper``: the ``conf/method`` files as they are, the authors' settings (AnchorAttention groups
   of 2048 tokens, StreamingLLM 1024 + 8192, ...). At the CPU default lengths (1-2.5K tokens) they
   leave nothing to skip: every method computes dense attention by construction.
-* ``cpu``: the sizes of ``conf/cpu_sizes.yaml`` for the chosen method (keyed by its
-  ``conf/method`` file name), scaled to the short CPU prompts so that each method does sparse
-  work. They replace only values that are still the ``conf/method`` file's: a value set on the
-  command line (``method.step=16``) or by an experiment overlay is kept.
+* ``cpu``: the settings of ``conf/cpu_sizes.yaml`` for the chosen method (keyed by its
+  ``conf/method`` file name): regions, windows and budgets scaled to the short CPU prompts, and
+  AnchorAttention's theta, so that each method does sparse work (the file says why each value).
+  They replace only values that are still the ``conf/method`` file's: a value set on the command
+  line (``method.step=16``) or by an experiment overlay is kept.
 * ``auto`` (default): ``cpu`` when the run's device is a CPU, ``paper`` on CUDA, so a GPU run
   reproduces the paper unless told otherwise.
 
