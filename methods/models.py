@@ -208,6 +208,11 @@ def _load_hf(cfg: Mapping[str, Any], dtype: torch.dtype):
     if not cfg.get("path"):
         raise KeyError(f"model config {cfg.get('name')!r} (kind hf) needs `path`: a hub id or local folder")
     path = str(cfg["path"])
+    local = Path(path).expanduser()
+    # absolute, ./ ~/ or several slashes: a folder, never a hub id ("org/name")
+    if (local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1) and not local.is_dir():
+        raise FileNotFoundError(f"model.path={path!r}: no such folder (model {cfg.get('name')!r}, kind hf); "
+                                "give an existing folder with config.json and the weights, or a hub id org/name")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     return model, tokenizer

@@ -1,7 +1,7 @@
 """fp32 PyTorch emulation of the authors' AnchorAttention (``yuzhouzhang9/Anchor-Attention`` @ fdc7420).
 
-This is our own code, an emulation of the semantics documented in
-``/work/shared/docs/anchor-official.md`` (§2 and the reference of §9.2), not their kernels. It
+This is our own code, an emulation of the semantics of their code as read for this project
+(notes kept outside this repository; the § numbers below are theirs), not their kernels. It
 serves as "theirs" in ``benchmarks.kernels.bench``: the output their algorithm would give on the same
 input, up to bf16 rounding inside their kernels (only the rounding of the pooled query, pooled
 anchor and pooled score to the input's half type is emulated, as in §9.2).

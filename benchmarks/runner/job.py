@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.runner.fingerprint import FingerprintMismatch
+from benchmarks.scale import apply_scale
 from benchmarks.runner.locks import LockHeld
 from benchmarks.runner.results import mark_failed
 
@@ -124,6 +125,10 @@ def sweep_resume_hint(argv: list[str]) -> str:
 def run_job(cfg: DictConfig, out_dir: Path, device: str) -> None:
     """Lock the run folder's result file, build the method, run the benchmark's runner, write
     ``summary.json`` (generation runs: once every shard is done) and the tables."""
+    # scale: auto -> cpu (conf/cpu_sizes.yaml) | paper, written into cfg and so into the fingerprint
+    # and summary.json (benchmarks/scale.py)
+    hc = HydraConfig.get()
+    apply_scale(cfg, device, hc.runtime.choices["method"], hc.overrides.task)
     if device == "cpu":
         # Must precede importing anchor/methods: Triton reads it when kernels are defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,7 +1,7 @@
 """LongBench v1 (THUDM/LongBench, MIT): the 16 English and code datasets of the AnchorAttention table.
 
 Ported from the official ``LongBench/pred.py`` and ``eval.py`` with ``config/dataset2prompt.json``
-and ``config/dataset2maxlen.json`` (``shared/docs/benchmarks.md`` §2). Two modes:
+and ``config/dataset2maxlen.json``; data sources: ``docs/data.md``. Two modes:
 
 * ``official`` (default), as ``pred.py``: ``prompt = dataset2prompt[name].format(**row)``; if the
   prompt has more than ``max_length`` tokens (counted with the tokenizer's special tokens), keep the
@@ -123,14 +123,23 @@ def _data_path(bench_cfg: Mapping[str, Any], name: str) -> Path:
 
 
 def _read_local(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    """The first ``limit`` rows (all if None) of a jsonl file."""
+    """The first ``limit`` rows (all if None) of a jsonl file; ``ValueError`` naming the file and
+    line of a record that is not a JSON object."""
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, start=1):
             if limit is not None and len(rows) >= limit:
                 break
-            if line.strip():
-                rows.append(json.loads(line))
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                                 "expected one LongBench record per line (the official data.zip files)") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 
@@ -165,7 +174,8 @@ def _check_config(bench_cfg: Mapping[str, Any]) -> tuple[list[str], str, str]:
                 f"LongBench data missing: {missing}. Expected the official jsonl files (from data.zip of the HF "
                 f"dataset {HUB_ID}, schema: input, context, answers, length, dataset, language, all_classes, _id) "
                 f"in bench.data_dir={bench_cfg.get('data_dir', 'data/longbench')!r}; or set bench.source=hub "
-                f"(needs the `datasets` package and network), or restrict bench.datasets=[...] to those present.")
+                f"(needs the `datasets` package and network), or restrict bench.datasets=[...] to those present "
+                f"(sources: docs/data.md).")
     return names, mode, source
 
 

@@ -6,7 +6,7 @@ x100, rounded to 2 decimals. Per-benchmark post-processing of the prediction (Lo
 first-line rule, AnchorAttention's cut list) is done by the benchmark module before scoring; the
 RULER metrics apply RULER's own ``postprocess_pred`` themselves.
 
-Sources (see ``shared/docs/benchmarks.md`` §1.8, §2.5, §2.6, §3.2):
+Sources:
 
 * RULER ``scripts/eval/synthetic/constants.py`` (``string_match_all``/``string_match_part``) and
   ``scripts/eval/evaluate.py`` (``postprocess_pred``), NVIDIA/RULER and the AnchorAttention copy.

@@ -3,12 +3,14 @@ own tokenizer to each target length, following the RULER copy AnchorAttention us
 snapshot, identical to FlexPrefill's): its task list, arguments, templates, sizing and metrics.
 
 ``load_examples(bench_cfg, tokenizer)`` returns one ``Example`` per (length, task, sample).
-Samples are cached as jsonl, one file per (tokenizer, template, length, task, seed, num_samples)
-under ``cache_dir``; generation is deterministic, and a cache hit skips it.
+Samples are cached as jsonl, one file per (tokenizer, template set, template, length, task, seed,
+num_samples) under ``cache_dir``; generation is deterministic, and a cache hit skips it.
 ``python -m benchmarks.tasks.ruler`` fills the cache ahead of a run.
 
 Settings (``conf/bench/ruler.yaml``; a plain dict with the same keys works too):
   tasks, lengths, num_samples (AnchorAttention: 64, upstream 500), seed (42),
+  template_set (``anchorattention`` = the paper's RULER copy | ``ruler2024`` = official RULER
+  2024's cwe template and vt in-context example, see ``templates.py``),
   template (``chat`` | ``base``, see ``templates.py``),
   max_new_tokens (``per_task`` = RULER's tokens_to_generate | an int, 128 = AnchorAttention's
   ``pred.py``; sizing always reserves the per-task value, as in the paper's run),
@@ -38,7 +40,7 @@ from typing import Any
 from benchmarks.tasks.example import Example
 from benchmarks.registry import register_benchmark
 from benchmarks.tasks.ruler import niah, qa, sizing, variable_tracking, words
-from benchmarks.tasks.ruler.templates import FAMILIES, PromptFormat
+from benchmarks.tasks.ruler.templates import FAMILIES, TEMPLATE_SETS, PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "qa_2": _task("qa", dataset="hotpotqa"),
 }
 
-SETTINGS = ("tasks", "lengths", "num_samples", "seed", "template", "max_new_tokens", "data_dir", "cache_dir")
+SETTINGS = ("tasks", "lengths", "num_samples", "seed", "template_set", "template", "max_new_tokens", "data_dir",
+            "cache_dir")
 CACHE_VERSION = 1  # bump when generated prompts change, so that stale caches are not reused
 _PROBE = "RULER cache key: The grass is green.\nVAR ABCDE = 12345 8715a103-43da-4043 diligent-fox 1234567"
 
@@ -91,7 +94,9 @@ def settings(bench_cfg: Mapping[str, Any]) -> dict[str, Any]:
     policy = cfg["max_new_tokens"]
     if policy != "per_task" and not (isinstance(policy, int) and not isinstance(policy, bool) and policy > 0):
         raise ValueError(f"max_new_tokens must be 'per_task' or a positive int, got {policy!r}")
-    cfg["template"] = str(cfg["template"])
+    cfg["template"], cfg["template_set"] = str(cfg["template"]), str(cfg["template_set"])
+    if cfg["template_set"] not in TEMPLATE_SETS:
+        raise ValueError(f"unknown RULER template_set {cfg['template_set']!r}; choose one of {TEMPLATE_SETS}")
     cfg["data_dir"], cfg["cache_dir"] = Path(cfg["data_dir"]), Path(cfg["cache_dir"])
     return cfg
 
@@ -112,9 +117,9 @@ def tokenizer_id(tokenizer: Any) -> str:
 
 
 def cache_file(cfg: Mapping[str, Any], tokenizer: Any, task: str, length: int) -> Path:
-    """``<cache_dir>/v1/<tokenizer>/<template>/<length>/<task>-seed<seed>-n<num_samples>.jsonl``."""
-    return (Path(cfg["cache_dir"]) / f"v{CACHE_VERSION}" / tokenizer_id(tokenizer) / cfg["template"]
-            / str(length) / f"{task}-seed{cfg['seed']}-n{cfg['num_samples']}.jsonl")
+    """``<cache_dir>/v1/<tokenizer>/<template_set>/<template>/<length>/<task>-seed<seed>-n<num_samples>.jsonl``."""
+    return (Path(cfg["cache_dir"]) / f"v{CACHE_VERSION}" / tokenizer_id(tokenizer) / cfg["template_set"]
+            / cfg["template"] / str(length) / f"{task}-seed{cfg['seed']}-n{cfg['num_samples']}.jsonl")
 
 
 def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
@@ -125,9 +130,9 @@ def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
     if family == "niah":
         return niah.plan(rng, length, seed, **args)
     if family == "variable_tracking":
-        return variable_tracking.plan(rng, fmt, **args)
+        return variable_tracking.plan(rng, fmt, template_set=cfg["template_set"], **args)
     if family == "common_words_extraction":
-        return words.plan_cwe(rng, length, seed, **args)
+        return words.plan_cwe(rng, length, seed, template_set=cfg["template_set"], **args)
     if family == "freq_words_extraction":
         return words.plan_fwe(rng, length, seed, **args)
     return qa.plan(rng, seed, cfg["num_samples"], data_dir=Path(cfg["data_dir"]), **args)
@@ -135,9 +140,20 @@ def task_plan(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any],
 
 def generate_task(task: str, length: int, fmt: PromptFormat, cfg: Mapping[str, Any]) -> list[sizing.Sample]:
     """Generate ``num_samples`` samples of ``task`` at ``length`` (no cache), from ``Random(seed)``."""
-    plan = task_plan(task, length, fmt, cfg, random.Random(cfg["seed"]))
-    budget = length - FAMILIES[TASKS[task]["family"]]["tokens_to_generate"]
-    samples = sizing.generate(plan, fmt, budget, cfg["num_samples"])
+    try:
+        plan = task_plan(task, length, fmt, cfg, random.Random(cfg["seed"]))
+    except sizing.TooShort as err:     # vt's in-context example has its own, fixed budget
+        raise ValueError(f"RULER task {task}: its in-context example does not fit RULER's fixed "
+                         f"{variable_tracking.ICL_LENGTH}-token budget with this tokenizer ({err}), whatever the "
+                         f"length; drop {task} from bench.tasks") from err
+    ttg = FAMILIES[TASKS[task]["family"]]["tokens_to_generate"]
+    try:
+        samples = sizing.generate(plan, fmt, length - ttg, cfg["num_samples"])
+    except sizing.TooShort as err:
+        raise ValueError(
+            f"RULER task {task} does not fit in length {length}: its smallest prompt has {err.needed} tokens "
+            f"(+ {ttg} to generate), so it needs a length of at least {err.needed + ttg} with this tokenizer "
+            f"and template; raise bench.lengths or drop {task} from bench.tasks ({err})") from err
     if plan.maximum is not None and any(s.size == plan.maximum for s in samples):
         log.warning("RULER %s at %d: the haystack is used in full (%d) and prompts stay below the target "
                     "length (RULER's mid-2024 cap)", task, length, plan.maximum)
@@ -217,7 +233,8 @@ def load_examples(bench_cfg: Mapping[str, Any], tokenizer: Any) -> list[Example]
                 max_new_tokens=budget, targets=list(row["outputs"]), metric=TASKS[task]["metric"],
                 add_special_tokens=fmt.add_special_tokens,
                 meta={**row["meta"], "tokens": row["tokens"], "tokens_to_generate": ttg,
-                      "haystack_size": row["size"], "template": cfg["template"], "seed": cfg["seed"]})
+                      "haystack_size": row["size"], "template": cfg["template"],
+                      "template_set": cfg["template_set"], "seed": cfg["seed"]})
                 for row in rows]
     if skipped:
         ran = len(cfg["tasks"]) - len(skipped)
@@ -249,8 +266,10 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
     if kind == "random":
         source = model_cfg.get("tokenizer_from")
         if source is None:
-            raise ValueError(f"model config {name!r} (kind random) has no tokenizer: set tokenizer_from "
-                             "(smollm2 or a hub id/folder) to generate RULER prompts")
+            from benchmarks.tasks.char_tokenizer import no_tokenizer_message
+
+            vocab = (model_cfg.get("random_config") or {}).get("vocab_size")
+            raise ValueError(no_tokenizer_message(str(name), vocab) + " (needed to generate RULER prompts)")
         return AutoTokenizer.from_pretrained(smollm2_folder() if source == "smollm2" else str(source))
     raise ValueError(f"unknown model kind {kind!r}; choose gguf, gguf-parts, hf or random")
 

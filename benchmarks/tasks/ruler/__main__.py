@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--template", choices=["chat", "base"])
+    parser.add_argument("--template-set", choices=["anchorattention", "ruler2024"])
     parser.add_argument("--data-dir", help="folder with squad.json and hotpotqa.json")
     parser.add_argument("--out", help="cache folder (bench cache_dir)")
     args = parser.parse_args(argv)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "bench" / "ruler.yaml"), resolve=True)
     overrides = {"lengths": args.lengths and [int(x) for x in args.lengths.split(",")],
                  "tasks": args.tasks and args.tasks.split(","), "num_samples": args.num_samples,
-                 "seed": args.seed, "template": args.template, "data_dir": args.data_dir, "cache_dir": args.out}
+                 "seed": args.seed, "template": args.template, "template_set": args.template_set,
+                 "data_dir": args.data_dir, "cache_dir": args.out}
     bench.update({k: v for k, v in overrides.items() if v is not None})
     try:
         cfg = settings(bench)

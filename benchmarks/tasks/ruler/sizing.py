@@ -16,7 +16,8 @@ Deviations from the AnchorAttention/FlexPrefill copy of RULER:
   * Upstream spells the appended answers slightly differently per task (a Python list repr for
     vt/qa, numbered for cwe, no separator for niah); here always ``" " + " ".join(answers)``. This
     only moves where the search stops by a few tokens.
-  * Upstream loops forever when even the smallest size does not fit; here a ``ValueError`` says so.
+  * Upstream loops forever when even the smallest size does not fit; here ``TooShort`` (a
+    ``ValueError``) says how many tokens the smallest prompt needs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.tasks.ruler.templates import Draft, PromptFormat
+
+
+class TooShort(ValueError):
+    """Even the smallest haystack gives a prompt longer than the budget.
+
+    Attributes:
+        needed: prompt tokens at the smallest size (as counted where it failed).
+        budget: the prompt token budget.
+    """
+
+    def __init__(self, message: str, needed: int, budget: int):
+        super().__init__(message)
+        self.needed, self.budget = needed, budget
 
 
 @dataclass
@@ -66,7 +80,7 @@ def largest_fitting(probe: Callable[[int], int], budget: int, *, start: int, ste
     ``probe(n) <= budget``, assuming ``probe`` grows with ``n``.
 
     Returns ``maximum`` itself when it fits (RULER: the haystack is used in full). Raises
-    ``ValueError`` when no allowed size fits.
+    ``TooShort`` when no allowed size fits.
     """
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
@@ -81,7 +95,12 @@ def largest_fitting(probe: Callable[[int], int], budget: int, *, start: int, ste
     lowest = -((start - minimum) // step)  # smallest k with start + k * step >= minimum
     if maximum is not None and maximum < size(lowest):
         raise ValueError(f"maximum size {maximum} is below the minimum {minimum}")
-    too_long = ValueError(f"even the smallest size {size(lowest)} needs more than {budget} tokens")
+
+    def too_long() -> TooShort:
+        needed = probe(size(lowest))
+        return TooShort(f"even the smallest size {size(lowest)} needs {needed} tokens, more than {budget}",
+                        needed, budget)
+
     first = max(0, lowest)
     if fits(first):  # grow: double the jump until a size overshoots (or the cap fits)
         lo, jump = first, 1
@@ -96,7 +115,7 @@ def largest_fitting(probe: Callable[[int], int], budget: int, *, start: int, ste
                 break
     else:  # shrink: double the jump downwards until a size fits
         if first == lowest:
-            raise too_long
+            raise too_long()
         hi, jump = first, 1
         while True:
             k = max(hi - jump, lowest)
@@ -104,7 +123,7 @@ def largest_fitting(probe: Callable[[int], int], budget: int, *, start: int, ste
                 lo = k
                 break
             if k == lowest:
-                raise too_long
+                raise too_long()
             hi, jump = k, jump * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -124,8 +143,8 @@ def fit_sample(plan: Plan, fmt: PromptFormat, budget: int, size: int, index: int
         if tokens <= budget:
             return Sample(index, prompt, list(draft.answers), tokens, size, dict(draft.meta))
         if size - plan.step < plan.minimum:
-            raise ValueError(f"sample {index}: {tokens} prompt tokens at the smallest size {size}, "
-                             f"budget {budget}")
+            raise TooShort(f"sample {index}: {tokens} prompt tokens at the smallest size {size}, "
+                           f"budget {budget}", tokens, budget)
         size -= plan.step
 
 

@@ -1,9 +1,15 @@
 """RULER task templates and how a prompt is wrapped and counted.
 
-The task templates, answer prefixes and ``tokens_to_generate`` are those of the RULER copy that
-AnchorAttention ships (``eval/RULER/scripts/data/synthetic/constants.py``, a mid-2024 RULER
-snapshot): cwe carries the ``(not including very common words like "the", "and", etc.)``
-wording and vt keeps the "assgined" typo, as in the paper's run.
+Template sets (``template_set`` setting):
+  * ``anchorattention`` (default, ``FAMILIES``): the task templates, answer prefixes and
+    ``tokens_to_generate`` of the RULER copy that AnchorAttention ships
+    (``eval/RULER/scripts/data/synthetic/constants.py``, a mid-2024 RULER snapshot): cwe carries the
+    ``(not including very common words like "the", "and", etc.)`` wording and vt keeps the
+    "assgined" typo, as in the paper's run.
+  * ``ruler2024``: official NVIDIA/RULER as of 2024-09-24 (commit 3b8928f, the last mid-2024
+    state; constants.py unchanged since 2024-07-12): the same templates except cwe
+    (``constants.py`` L37-41: no "common words" wording, shorter answer prefix), and the vt
+    in-context example built by ``ruler2024_icl_template`` (``variable_tracking.py`` L114-119).
 
 Prompt wrapping (``template`` setting):
   * ``chat``: the task text becomes the user turn of the tokenizer's chat template
@@ -76,6 +82,25 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 MODES = ("chat", "base")
+TEMPLATE_SETS = ("anchorattention", "ruler2024")
+# NVIDIA/RULER 3b8928f scripts/data/synthetic/constants.py L37-41 (unchanged 2024-07-12 .. 2025-05).
+RULER2024_CWE = {
+    "tokens_to_generate": 120,
+    "template": (
+        "Below is a numbered list of words. In these words, some appear more often than others. Memorize "
+        "the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the "
+        "above list?"),
+    "answer_prefix": " Answer: The top 10 words that appear most often in the list are:",
+}
+
+
+def family(name: str, template_set: str) -> dict[str, Any]:
+    """Template, answer prefix and ``tokens_to_generate`` of task family ``name`` in ``template_set``."""
+    if template_set not in TEMPLATE_SETS:
+        raise ValueError(f"unknown RULER template_set {template_set!r}; choose one of {TEMPLATE_SETS}")
+    if template_set == "ruler2024" and name == "common_words_extraction":
+        return RULER2024_CWE
+    return FAMILIES[name]
 
 
 def singularise(text: str) -> str:
@@ -133,3 +158,20 @@ class PromptFormat:
     def count(self, text: str) -> int:
         """Token count of ``text`` as the runner will tokenize it."""
         return len(self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens))
+
+
+def ruler2024_icl_template(fmt: "PromptFormat", spec: dict[str, Any]) -> str:
+    """vt's in-context-example template as official RULER 2024 builds it (``variable_tracking.py``
+    L114-119 at 3b8928f): the prompt template wrapped by the model template, cut from the task
+    template's first 20 characters to the answer prefix, split on whitespace with the last word
+    dropped (meant to drop the model template's closing tag) and re-joined with single spaces,
+    then the answer prefix. Placeholders (``{context}``, ...) stay to be filled in.
+
+    With ``base`` the dropped word is the question's last, "above."; with a chat template it is
+    the last whitespace-free piece of the template's turn change (ChatML: ``<|im_start|>assistant``,
+    leaving ``above.<|im_end|>`` in the example), as upstream with its model templates.
+    """
+    wrapped = fmt.render(Draft(body=spec["template"], answer_prefix=spec["answer_prefix"], answers=[], meta={}))
+    cutoff = wrapped.index(spec["template"][:20])
+    cutoff_ans = wrapped.index(spec["answer_prefix"][:10])
+    return " ".join(wrapped[cutoff:cutoff_ans].split()[:-1]) + wrapped[cutoff_ans:]

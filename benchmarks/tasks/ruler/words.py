@@ -16,6 +16,9 @@ fwe (``freq_words_extraction.py``):
     answers ``vocab[1:4]``; one vocabulary per sample, kept while the sample shrinks;
   * sizing starts at ``length // 6`` words and moves by ``length // 32``, counting no answers.
 
+``template_set`` (``templates.family``) picks cwe's template and answer prefix: the AnchorAttention
+copy's (default) or official RULER 2024's; the list and its ICL example are built the same way.
+
 Deviations: fwe's budget is ``length - tokens_to_generate`` (upstream HEAD; the paper's copy
 used ``length``, so its prompts could overrun by 50 tokens); in ``chat`` mode the ICL examples
 carry no model template (upstream repeated the full model template inside the example).
@@ -30,7 +33,7 @@ import numpy as np
 
 from benchmarks.tasks.ruler.niah import wonderwords_list
 from benchmarks.tasks.ruler.sizing import Plan
-from benchmarks.tasks.ruler.templates import FAMILIES, Draft
+from benchmarks.tasks.ruler.templates import FAMILIES, Draft, family
 
 CWE_STEP = 10
 CODED_WORD_LEN = 6
@@ -61,7 +64,7 @@ def word_list(rng: random.Random, seed: int, num_words: int, common_repeats: int
 
 
 def build_cwe(rng: random.Random, size: int, *, length: int, seed: int, freq_cw: int, freq_ucw: int,
-              num_cw: int) -> Draft:
+              num_cw: int, template_set: str) -> Draft:
     """One cwe sample of ``size`` distinct words, ICL example first."""
     if length < 4096:
         example, example_answers = word_list(rng, seed, 20, 3, 1, num_cw)
@@ -69,17 +72,17 @@ def build_cwe(rng: random.Random, size: int, *, length: int, seed: int, freq_cw:
     else:
         example, example_answers = word_list(rng, seed, 40, 10, 3, num_cw)
         context, answers = word_list(rng, seed, size, freq_cw, freq_ucw, num_cw)
-    family = FAMILIES["common_words_extraction"]
-    icl = (family["template"].format(context=example, query="") + family["answer_prefix"]
-           + numbered(example_answers))
-    return Draft(body=icl + "\n" + family["template"].format(context=context, query=""),
-                 answer_prefix=family["answer_prefix"], answers=answers, meta={})
+    spec = family("common_words_extraction", template_set)
+    icl = spec["template"].format(context=example, query="") + spec["answer_prefix"] + numbered(example_answers)
+    return Draft(body=icl + "\n" + spec["template"].format(context=context, query=""),
+                 answer_prefix=spec["answer_prefix"], answers=answers, meta={})
 
 
-def plan_cwe(rng: random.Random, length: int, seed: int, *, freq_cw: int = 30, freq_ucw: int = 3,
-             num_cw: int = 10) -> Plan:
+def plan_cwe(rng: random.Random, length: int, seed: int, *, template_set: str, freq_cw: int = 30,
+             freq_ucw: int = 3, num_cw: int = 10) -> Plan:
     """Sizing plan of cwe: distinct words grow by 10 up to the vocabulary size."""
-    args = {"length": length, "seed": seed, "freq_cw": freq_cw, "freq_ucw": freq_ucw, "num_cw": num_cw}
+    args = {"length": length, "seed": seed, "freq_cw": freq_cw, "freq_ucw": freq_ucw, "num_cw": num_cw,
+            "template_set": template_set}
     return Plan(make=lambda size, _i: build_cwe(rng, size, **args), start=CWE_STEP, step=CWE_STEP,
                 minimum=max(CWE_STEP, num_cw), maximum=len(cwe_vocabulary(seed)))
 
@@ -103,9 +106,9 @@ def build_fwe(vocab: list[str], size: int, *, seed: int, alpha: float) -> Draft:
     counts = (size * (ranks ** -alpha) / zeta(alpha)).astype(int)
     words = [w for w, c in zip(vocab, counts) for _ in range(c)]
     random.Random(seed).shuffle(words)
-    family = FAMILIES["freq_words_extraction"]
-    return Draft(body=family["template"].format(context=" ".join(words), query=""),
-                 answer_prefix=family["answer_prefix"], answers=vocab[1:4], meta={})
+    spec = FAMILIES["freq_words_extraction"]
+    return Draft(body=spec["template"].format(context=" ".join(words), query=""),
+                 answer_prefix=spec["answer_prefix"], answers=vocab[1:4], meta={})
 
 
 def plan_fwe(rng: random.Random, length: int, seed: int, *, alpha: float = 2.0) -> Plan:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from types import SimpleNamespace
 
@@ -214,3 +215,16 @@ def test_bad_config(data_dir):
         lb.load_examples(_cfg(data_dir, datasets=["lsht"]), CharTokenizer())
     with pytest.raises(ValueError, match="mode"):
         lb.load_examples(_cfg(data_dir, mode="fast"), CharTokenizer())
+
+
+def test_malformed_jsonl_names_file_and_line(data_dir):
+    """A bad record is reported with its file and its line in the file (blank lines counted), not
+    as a bare JSONDecodeError at "line 1"."""
+    path = data_dir / "hotpotqa.jsonl"
+    path.write_text(json.dumps(ROWS["hotpotqa"][0]) + "\n\n" + '{"input": "cut off\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 3: not valid JSON")) as err:
+        lb.load_examples(_cfg(data_dir, datasets=["hotpotqa"]), CharTokenizer())
+    assert not isinstance(err.value, json.JSONDecodeError)
+    path.write_text('["a list"]\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 1: expected a JSON object")):
+        lb.load_examples(_cfg(data_dir, datasets=["hotpotqa"]), CharTokenizer())

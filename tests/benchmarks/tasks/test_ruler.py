@@ -274,6 +274,13 @@ def test_qa_bad_file_is_a_clear_error(tmp_path):
         load_examples(cfg_for(tmp_path, tasks=["qa_1"], data_dir=str(tmp_path)), WordTokenizer())
 
 
+def test_too_short_length_names_task_and_minimum(tmp_path):
+    with pytest.raises(ValueError, match=r"RULER task vt does not fit in length 256: .* at least (\d+)") as err:
+        load_examples(cfg_for(tmp_path, tasks=["vt"], lengths=[256], num_samples=1), WordTokenizer())
+    minimum = int(re.search(r"at least (\d+)", str(err.value)).group(1))
+    assert len(load_examples(cfg_for(tmp_path, tasks=["vt"], lengths=[minimum], num_samples=1), WordTokenizer())) == 1
+
+
 def grid_linear_scan(probe, budget, start, step, maximum=None):
     """RULER's mid-2024 linear search (without its off-by-one when a probe lands exactly on budget)."""
     n = start
