@@ -69,7 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kernels-csv", type=Path, default=None,
                     help="kernel benchmark CSV of the same attention shapes (for the projection)")
-    ap.add_argument("--projection-input", default="structured-0.01",
+    ap.add_argument("--projection-input", default="structured:0.01",
                     help="input of the kernel CSV used for sparse methods in the projection")
     ap.add_argument("--out", type=Path, required=True)
     return ap.parse_args(argv)
@@ -146,6 +146,29 @@ def project(df: pd.DataFrame, kernels: pd.DataFrame, n_layers: int, projection_i
     return df
 
 
+def write(rows: list[dict], args: argparse.Namespace, argv: list[str], n_layers: int) -> pd.DataFrame:
+    """Write ``prefill_<model>.csv`` / ``.md`` (with the projection when a kernel CSV is given)."""
+    df = pd.DataFrame(rows)
+    if args.kernels_csv is not None:
+        df = project(df, pd.read_csv(args.kernels_csv), n_layers, args.projection_input)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"prefill_{args.model}"
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    env = environment({})
+    text = [f"# End-to-end prefill: {args.model} ({n_layers} layers)", "",
+            f"Command: `python -m benchmarks.kernels.prefill {shlex.join(argv)}`", "",
+            f"Device: {env['gpu']}; torch {env['torch']}; triton {env['triton']}; transformers "
+            f"{env['transformers']}; git {env['git_sha']}; {env['timestamp_utc']}", "",
+            "ms: median synchronised forward (random token ids, last-position logits, no cache). "
+            "density: computed query-key pairs incl. estimation / causal pairs over all prefill calls. "
+            "projected_ms (a projection, not a measurement): non-attention time + layers x the method's "
+            "kernel time on `projection_input` from the kernel benchmark; random weights give "
+            "near-uniform attention, so the measured ms of sparse methods is their worst case.", "",
+            markdown_table(df, [c for c in COLUMNS if c in df.columns]), ""]
+    stem.with_suffix(".md").write_text("\n".join(text))
+    return df
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Time every (length, method); write ``prefill_<model>.csv`` / ``.md``; return the table."""
     import methods
@@ -168,25 +191,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    df = pd.DataFrame(rows)
-    if args.kernels_csv is not None:
-        df = project(df, pd.read_csv(args.kernels_csv), n_layers, args.projection_input)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"prefill_{args.model}"
-    df.to_csv(stem.with_suffix(".csv"), index=False)
-    env = environment({})
-    text = [f"# End-to-end prefill: {args.model} ({n_layers} layers)", "",
-            f"Command: `python -m benchmarks.kernels.prefill {shlex.join(argv)}`", "",
-            f"Device: {env['gpu']}; torch {env['torch']}; triton {env['triton']}; transformers "
-            f"{env['transformers']}; git {env['git_sha']}; {env['timestamp_utc']}", "",
-            "ms: median synchronised forward (random token ids, last-position logits, no cache). "
-            "density: computed query-key pairs incl. estimation / causal pairs over all prefill calls. "
-            "projected_ms (a projection, not a measurement): non-attention time + layers x the method's "
-            "kernel time on `projection_input` from the kernel benchmark; random weights give "
-            "near-uniform attention, so the measured ms of sparse methods is their worst case.", "",
-            markdown_table(df, [c for c in COLUMNS if c in df.columns]), ""]
-    stem.with_suffix(".md").write_text("\n".join(text))
-    print("\n".join(text))
+        df = write(rows, args, argv, n_layers)                          # partial results survive a timeout
+    print(df.to_string())
     return df
 
 

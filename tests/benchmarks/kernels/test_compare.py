@@ -39,8 +39,8 @@ def test_prefill_times_methods_and_projects(tmp_path):
     assert df.loc[0, "density"] == 1.0 and df.loc[1, "density"] <= 1.5
     kernels = pd.DataFrame([{"N": 64, "method": "dense", "setting": "default", "input": "random", "ms": 1.0},
                             {"N": 64, "method": "anchor", "setting": "block_size=16,step=2",
-                             "input": "structured-0.01", "ms": 0.5}])
-    projected = prefill.project(df, kernels, n_layers=2, projection_input="structured-0.01")
+                             "input": "structured:0.01", "ms": 0.5}])
+    projected = prefill.project(df, kernels, n_layers=2, projection_input="structured:0.01")
     non_attention = df.loc[0, "ms"] - 2 * 1.0
     assert projected.loc[0, "projected_ms"] == pytest.approx(non_attention + 2.0)
     assert projected.loc[1, "projected_ms"] == pytest.approx(non_attention + 1.0)
