@@ -161,7 +161,9 @@ def run_job(cfg: DictConfig, out_dir: Path, device: str) -> None:
         else:
             model, tokenizer = _load_model(OmegaConf.to_yaml(cfg.model), device)
             if tokenizer is None:
-                raise ValueError(f"model {cfg.model.name} has no tokenizer: benchmarks need one (set tokenizer_from)")
+                from benchmarks.tasks.char_tokenizer import no_tokenizer_message
+
+                raise ValueError(no_tokenizer_message(str(cfg.model.name), model.config.vocab_size))
             if bench.runner == "analysis":        # sweeps its own methods (bench.sweep), not cfg.method
                 from benchmarks.analysis.runner import run_analysis
 

@@ -39,7 +39,8 @@ def test_tiny_model_runs_ruler_with_it(repo_root, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "run.py", "model=tiny_llama", "method=dense", "bench=ruler",
                                "bench.lengths=[2048]", "bench.num_samples=1", "bench.tasks=[niah_single_1]",
-                               f"bench.cache_dir={tmp_path / 'cache'}", "device=cpu", *args],
+                               f"bench.cache_dir={tmp_path / 'cache'}", "device=cpu",
+                               "runner.allow_beyond_context=true", *args],        # a 512-position toy model
                               cwd=repo_root, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True,
                               text=True, timeout=900)
     refused = run(f"hydra.run.dir={tmp_path / 'refused'}")
