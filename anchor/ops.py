@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from anchor.checks import check_qkv, check_triton_inputs, triton_available, use_triton
-from anchor.fa4_stages import complete_on_fa4, fa4_sparse_ready, stage3_tiles_on_fa4, tiles_worth_fa4
+from anchor.fa4_stages import stage3_tiles_on_fa4, tiles_worth_fa4
 from anchor.kernels.select import _anchor_compact_kernel, _anchor_score_kernel
 from anchor.kernels.sparse_fwd import _sparse_fwd_kernel
 from anchor.kernels.stage1 import _anchor_stage1_kernel
@@ -287,8 +287,9 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
         params: hyperparameters (``conf/method/anchor.yaml`` holds the defaults).
         backend: ``triton``, ``torch`` (the fp32 reference) or ``auto`` (see ``use_triton``).
         dense_if_complete: when the selection kept every candidate of every group (the grouped
-            rows are then exactly dense causal attention), compute them with dense SDPA (cuDNN on
-            CUDA) instead of the sparse kernel. Counted as a dense fallback: stats stage
+            rows are then exactly dense causal attention), compute them with the dense kernel
+            (``anchor.tail.dense_causal_attention``: FlashAttention-4 when installed, else cuDNN
+            SDPA) instead of the sparse kernel. Counted as a dense fallback: stats stage
             ``dense`` holds their causal pairs on top of the estimation stages.
         zero_anchor: compare pooled scores with 0 instead of the pooled anchors (the paper's
             "without anchor" ablation, Table 4).
@@ -327,10 +328,7 @@ def anchor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
             s1.abar.zero_()
         sel = run_selection(qp, kp, s1, params, compact_if_complete=not dense_if_complete)
         selected, complete = sel.index.keys_per_list(), dense_if_complete and sel.complete
-        if complete and fa4_sparse_ready(q, params.block_size):
-            complete_on_fa4(qp, kp, vp, s1.out, s1.lse, params, scale)     # dense, stage 1 reused
-            complete = False                                              # counted as the method's own work
-        elif not complete:
+        if not complete:
             run_sparse(qp, kp, vp, s1, sel, params)
         elif params.tail != "dense":
             out[:, :, :P] = dense_causal_attention(qp, kp, vp, scale)

@@ -53,6 +53,9 @@ def check_block(name: str, value: int) -> None:
         raise ValueError(f"{name} must be one of {KERNEL_TILES}, got {value!r}")
 
 
+LAST_KERNEL: dict[str, str] = {}     # "attend": the kernel of the last ``attend`` call (benchmark tables)
+
+
 def resolve_attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, index: SparseIndex) -> str:
     """The kernel ``attend`` runs for ``backend``: ``"fa4"``, ``"triton"`` or ``"torch"`` (see there)."""
     check_backend(backend)
@@ -73,6 +76,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex
     on CUDA, the reference otherwise. Every kernel computes the same key sets.
     """
     ran = resolve_attend_backend(backend, q, k, index)
+    LAST_KERNEL["attend"] = ran
     if ran == "fa4":
         return fa4_sparse_attention(q, k, v, index, sm_scale=sm_scale)[0]
     if ran == "torch":

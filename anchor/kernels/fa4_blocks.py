@@ -228,20 +228,3 @@ def blocks_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             out[:, h, rows] = scores.softmax(-1).nan_to_num(0.0) @ vf
     return out, lse
 
-
-@functools.lru_cache(maxsize=16)
-def _candidate_blocks(n: int, init: int, group: int, local: int, device: str) -> FA4Blocks:
-    first = torch.arange(math.ceil(n / Q_BLOCK), device=device) * Q_BLOCK           # [M]
-    start = torch.arange(math.ceil(n / KV_BLOCK), device=device) * KV_BLOCK         # [T]
-    local_lo = torch.clamp((first // group + 1) * group - local, min=0)
-    tiles = (start[None, :] >= init) & (start[None, :] < local_lo[:, None])         # [M, T]
-    return blocks_from_tile_mask(tiles[None, None], q_len=n, k_len=n)
-
-
-def candidate_blocks(n: int, *, init: int, group: int, local: int, device: torch.device | str) -> FA4Blocks:
-    """AnchorAttention's candidate keys ``[init, L_g)`` of every group (``AnchorParams.candidate_range``)
-    as blocks shared by all heads: what a complete selection attends beyond stage 1. Cached per
-    shape and device; ``init``, ``group`` and ``local`` must be multiples of 128."""
-    if init % KV_BLOCK or group % Q_BLOCK or local % KV_BLOCK:
-        raise ValueError(f"init={init}, group={group}, local={local} must be multiples of {KV_BLOCK}")
-    return _candidate_blocks(n, init, group, local, str(torch.device(device)))

@@ -20,7 +20,8 @@ FlashAttention-4 where installed). Columns:
   ``dense_ref`` names it); ``kernel``: which sparse executor ran (fa4 / triton / torch).
 
 ``--upstream-flexprefill FILE`` adds a row for bytedance/FlexPrefill's own
-``flex_prefill_attention`` (loaded from that file; not part of this repository) on the same input.
+``flex_prefill_attention`` (loaded from that file; not part of this repository) on the same input;
+``--theirs`` one for the fp32 emulation of the authors' AnchorAttention (error and cost only).
 Inputs (``benchmarks.structured_inputs``): ``random`` (iid normal: near-uniform attention, every
 method's worst case) and ``structured:<f>`` (a sink plus a fraction ``f`` of stripe keys).
 """
@@ -41,11 +42,13 @@ import methods
 from anchor.reference import dense_attention_reference
 from benchmarks.analysis.metrics import relative_error
 from benchmarks.kernels.anchor_stages import anchor_stage_times
+from benchmarks.kernels.official_anchor import official_anchor_attention
 from benchmarks.kernels.prefill import parse_method
 from benchmarks.runner.results import environment
 from benchmarks.structured_inputs import make_qkv
 from benchmarks.tables import markdown_table
 from benchmarks.timing import bench_ms
+from methods.index_builders import LAST_KERNEL
 
 DEFAULT_METHODS = ("anchor", "flexprefill", "vertical_slash_block", "xattention", "xattention_s16", "streaming",
                    "vertical_slash")
@@ -65,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sweep-length", type=int, default=32768)
     ap.add_argument("--dense-backends", default="cudnn,flash,fa4")
     ap.add_argument("--upstream-flexprefill", type=Path, default=None)
+    ap.add_argument("--theirs", action="store_true",
+                    help="add the fp32 emulation of the authors' AnchorAttention (error and cost, no time)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--hq", type=int, default=32)
     ap.add_argument("--hkv", type=int, default=8)
@@ -129,14 +134,15 @@ def method_row(case: Case, spec: str) -> dict[str, Any]:
     name, cfg, setting = parse_method(spec)
     method = methods.get_method(cfg)
     q, k, v = case.q, case.k, case.v
+    LAST_KERNEL.clear()
     out, stats = method(q, k, v)
-    row = {"method": cfg["name"], "setting": setting, "density": stats.density, "rel_err": case.err(out),
+    row = {"method": name, "setting": setting, "density": stats.density, "rel_err": case.err(out),
            "upstream_ratio": stats.extra.get("upstream_ratio"), "dense_fallback": stats.dense_fallback,
            "degenerate_dense": stats.extra.get("degenerate_dense")}
     del out
     row["ms"] = case.ms(lambda: method(q, k, v))
     row["tflops"] = case.tflops(float(stats.total_pairs().sum()), row["ms"])
-    row["kernel"] = kernel_used(method, q, k)
+    row["kernel"] = kernel_used(method)
     if cfg["name"] in ("anchor", "anchor_zero"):
         row.update(anchor_stage_times(q, k, v, method, case.ms))
     elif hasattr(method, "select"):
@@ -144,17 +150,14 @@ def method_row(case: Case, spec: str) -> dict[str, Any]:
     return row
 
 
-def kernel_used(method, q: torch.Tensor, k: torch.Tensor) -> str | None:
-    """The sparse executor a block method's ``backend`` resolves to here."""
-    from methods.index_builders import resolve_attend_backend
-
-    backend = getattr(method, "backend", None)
-    if backend is None or getattr(method, "name", "") in ("anchor", "anchor_zero", "dense"):
-        return getattr(method, "last_backend", None) or backend
-    try:
-        return resolve_attend_backend(backend, q)
-    except (TypeError, ValueError):
-        return backend
+def kernel_used(method) -> str | None:
+    """The kernel that ran: the dense backend, ``attend``'s (FA4 / Triton / torch) for the block
+    methods, Triton for AnchorAttention's stages (whole tiles of stage 3 may go to FA4)."""
+    if getattr(method, "last_backend", None):
+        return method.last_backend
+    if getattr(method, "name", "") in ("anchor", "anchor_zero"):
+        return "triton (+fa4 tiles)"
+    return LAST_KERNEL.get("attend")
 
 
 def dense_rows(case: Case, backends: list[str]) -> list[dict[str, Any]]:
@@ -180,6 +183,18 @@ def upstream_row(case: Case, fn, cfg: dict[str, Any]) -> dict[str, Any]:
     out, ratio = call()
     return {"method": "flexprefill_upstream", "setting": "default", "upstream_ratio": float(ratio),
             "rel_err": case.err(out.transpose(1, 2)), "ms": case.ms(call), "kernel": "upstream triton"}
+
+
+def theirs_row(case: Case) -> dict[str, Any]:
+    """The authors' AnchorAttention semantics (``benchmarks.kernels.official_anchor``: dense tail,
+    double-counted keys in ``[128, 2048)``, the 128-key gap) in fp32 on the reference heads, at
+    ``conf/method/anchor.yaml``'s theta, block and step: its error and what it computes."""
+    cfg = parse_method("anchor")[1]
+    n_kv = case.n_ref // (case.q.shape[1] // case.k.shape[1])
+    out, _, stats = official_anchor_attention(case.q[:, :case.n_ref], case.k[:, :n_kv], case.v[:, :n_kv],
+                                              cfg["theta"], block=cfg["block_size"], step=cfg["step"])
+    return {"method": "anchor_authors_fp32_emulation", "setting": "default", "density": stats.density,
+            "upstream_ratio": stats.extra["official_ratio"], "rel_err": relative_error(out, case.ref)}
 
 
 def finish_rows(rows: list[dict], n: int, inp: str, case: Case) -> list[dict]:
@@ -238,6 +253,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 part.append(method_row(case, spec))
             if upstream is not None:
                 part.append(upstream_row(case, upstream, parse_method("flexprefill")[1]))
+            if args.theirs:
+                part.append(theirs_row(case))
             rows += finish_rows(part, n, inp, case)
             del q, k, v, case
             gc.collect()

@@ -2,8 +2,8 @@
 
 This is our own code, an emulation of the semantics of their code as read for this project
 (notes kept outside this repository; the § numbers below are theirs), not their kernels. It
-serves as "theirs" in ``benchmarks.kernels.bench``: the output their algorithm would give on the same
-input, up to bf16 rounding inside their kernels (only the rounding of the pooled query, pooled
+serves as "theirs" in ``benchmarks.kernels.compare --theirs``: the output their algorithm would
+give on the same input, up to bf16 rounding inside their kernels (only the rounding of the pooled query, pooled
 anchor and pooled score to the input's half type is emulated, as in §9.2).
 
 Semantics, ``G = block * step`` (2048 with their defaults block 128, step 16):

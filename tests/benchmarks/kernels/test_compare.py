@@ -11,16 +11,18 @@ def test_compare_rows_columns_and_files(tmp_path):
     argv = ["--lengths", "96", "--inputs", "random,structured:0.1", "--dense-backends", "math,fa4",
             "--method", "anchor:block_size=16,step=2", "--method", "flexprefill:block_size=16,min_budget=16",
             "--method", "xattention:block_size=16,stride=4", "--sweep", "anchor:theta=4|8,block_size=16",
-            "--sweep-length", "96", "--out", str(tmp_path), *SMALL]
+            "--sweep-length", "96", "--theirs", "--out", str(tmp_path), *SMALL]
     rows = compare.main(argv)
     df = pd.read_csv(tmp_path / "cpu.csv")
-    assert len(rows) == len(df) == 2 * (1 + 3 + 2)            # per input: dense math (fa4 skipped), 3 methods, 2 sweeps
+    assert len(rows) == len(df) == 2 * (1 + 3 + 2 + 1)        # per input: dense math (fa4 skipped), 3 methods, 2 sweeps, theirs
     assert set(df["input"]) == {"random", "structured:0.1"}
     assert {"N", "input", "method", "setting", "ms", "density", "rel_err", "tflops"} <= set(df.columns)
     anchor = df[(df["method"] == "anchor") & (df["setting"] == "block_size=16,step=2")]
     assert (anchor["rel_err"] < 1e-5).all() and anchor["stage1_ms"].notna().all()
     assert (df.loc[df["method"] == "dense", "density"] == 1).all()
     assert df.loc[df["method"] == "flexprefill", "estimate_ms"].notna().all()
+    theirs = df[df["method"] == "anchor_authors_fp32_emulation"]
+    assert len(theirs) == 2 and theirs["rel_err"].notna().all() and theirs["ms"].isna().all()
     assert "python -m benchmarks.kernels.compare --lengths 96" in (tmp_path / "cpu.md").read_text()
 
 
