@@ -14,8 +14,10 @@ from benchmarks.tasks import char_tokenizer as ct
 
 def test_committed_files_are_what_build_makes(tmp_path):
     ct.main(["--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in ct.FOLDER.iterdir())
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert json.loads((tmp_path / name).read_text()) == json.loads((ct.FOLDER / name).read_text()), name
+    assert (tmp_path / "chat_template.jinja").read_text() == (ct.FOLDER / "chat_template.jinja").read_text()
 
 
 def test_encodes_one_id_per_character_within_128():
