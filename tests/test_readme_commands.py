@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import shlex
@@ -79,6 +80,10 @@ def test_run_commands_compose(doc, command):
 
     from hydra_plugins.method_aware_sweeper import filter_job
 
+    plugins = {"joblib_gpus": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher"}
+    for launcher, module in plugins.items():
+        if f"hydra/launcher={launcher}" in command and importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (pip install -e '.[launchers]')")
     args = [a for a in shlex.split(_placeholders(command))[2:] if not a.startswith("hydra.") and a != "-m"]
     sweeps = [[f"{a.split('=', 1)[0]}={v}" for v in a.split("=", 1)[1].split(",")]
               if "=" in a and "," in a and "[" not in a else [a] for a in args]
