@@ -47,7 +47,7 @@ import pandas as pd
 from benchmarks.reports.labels import length_labels, method_label
 from benchmarks.reports.notes import table_notes
 from benchmarks.runner.plan import planned_rows
-from benchmarks.runner.results import SUMMARY, failure_markers
+from benchmarks.runner.results import SUMMARY, failure_markers, folders_with
 from benchmarks.tables import markdown_table
 
 NIAH = "niah"
@@ -67,12 +67,7 @@ FIGURES_TOOL = "python -m benchmarks.reports.figures <analysis run folders> --ou
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run folders (holding ``samples*.jsonl``) at or under ``paths``, sorted, without repeats."""
-    runs = set()
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"no such results folder: {path}")
-        runs.update(p.parent.resolve() for p in path.rglob("samples*.jsonl"))
-    return sorted(runs)
+    return folders_with(paths, "samples*.jsonl")
 
 
 def run_config(summary: dict, path: Path) -> dict:

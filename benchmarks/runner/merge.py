@@ -26,17 +26,13 @@ from typing import Any
 from benchmarks.runner import fingerprint as fp
 from benchmarks.runner.locks import FileLock
 from benchmarks.runner.plan import Status, status
-from benchmarks.runner.results import SAMPLES, SESSIONS, atomic_write, failure_markers, folder_rows, write_summary
+from benchmarks.runner.results import (SAMPLES, SESSIONS, atomic_write, failure_markers, folder_rows,
+                                        folders_with, write_summary)
 
 
 def run_folders(paths: Iterable[str | Path]) -> list[Path]:
     """Generation run folders (holding a ``plan*.json``) at or under ``paths``, sorted."""
-    found = set()
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise FileNotFoundError(f"no such run folder: {path}")
-        found.update(p.parent.resolve() for p in path.rglob("plan*.json"))
-    return sorted(found)
+    return folders_with(paths, "plan*.json")
 
 
 def merge_folder(folder: str | Path, extra_env: Mapping[str, Any] | None = None) -> tuple[Status, list[Path]]:

@@ -349,3 +349,14 @@ def summarize_by(rows: Iterable[Mapping[str, Any]], keys: Sequence[str],
         entry["count"] = n
         out.append(entry)
     return out
+
+
+def folders_with(paths: Iterable[str | Path], pattern: str) -> list[Path]:
+    """Folders at or under ``paths`` holding a file matching ``pattern`` (a glob), sorted, without
+    repeats; ``FileNotFoundError`` for a path that does not exist."""
+    found = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"no such results folder: {path}")
+        found.update(p.parent.resolve() for p in path.rglob(pattern))
+    return sorted(found)
