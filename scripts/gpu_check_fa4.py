@@ -20,8 +20,9 @@ Sections (each case PASS / FAIL / ERROR / SKIP; an exception is reported, never 
 * ``timing`` (bf16, 32/8 heads, D 128, B 1, random inputs, ``do_bench`` median): FA4 dense vs
   cuDNN and flash SDPA at 32k and 128k; at 128k the stage-1 pattern (initial 2048 + local 2048)
   on FA4 (shared blocks, per-head blocks, from a SparseIndex incl. conversion) vs Triton.
-* ``varlen`` (subprocess, 90 s timeout in case of a hang): ``flash_attn_varlen_func`` with
-  ``seqlen_k == 0`` sequences, causal and not, ``return_lse``: zero rows / ``-inf`` LSE expected.
+* ``varlen`` (``scripts/fa4_varlen_probe.py`` in a subprocess, 90 s timeout in case of a hang):
+  ``flash_attn_varlen_func`` with ``seqlen_k == 0`` sequences, causal and not, ``return_lse``:
+  zero rows / ``-inf`` LSE expected.
   Runs before the timings; ``--budget-s`` (default 225) skips what would run past it.
 
 Writes ``fa4_check.json`` and ``fa4_check.md`` under ``--out`` after every section; exit 1 on any
@@ -30,7 +31,6 @@ FAIL / ERROR.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -307,51 +307,10 @@ def timing_stage1(rep: Report, N: int):
 
 # ---------------------------------------------------------------------------------- varlen --
 
-def varlen_probe() -> dict:
-    """Runs in a subprocess: FA4 varlen with seqlen_k == 0 sequences (prints one JSON line)."""
-    from flash_attn.cute import flash_attn_varlen_func
-    q_lens, k_lens = [100, 256, 77, 64, 130], [0, 300, 0, 1000, 130]
-    Hq, Hkv, D = 32, 8, 128
-    starts_q, starts_k = [0, *itertools.accumulate(q_lens)], [0, *itertools.accumulate(k_lens)]
-    cu_q = torch.tensor(starts_q, dtype=torch.int32, device=DEVICE)
-    cu_k = torch.tensor(starts_k, dtype=torch.int32, device=DEVICE)
-    g = torch.Generator(device=DEVICE).manual_seed(0)
-    q = torch.randn(sum(q_lens), Hq, D, device=DEVICE, generator=g).to(BF16)
-    k = torch.randn(sum(k_lens), Hkv, D, device=DEVICE, generator=g).to(BF16)
-    v = torch.randn(sum(k_lens), Hkv, D, device=DEVICE, generator=g).to(BF16)
-    result = {}
-    for causal in (False, True):
-        out, lse = flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(q_lens),
-                                          max_seqlen_k=max(k_lens), causal=causal, return_lse=True)
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        seqs = []
-        for i, (lq, lk) in enumerate(zip(q_lens, k_lens)):
-            o = out[starts_q[i]:starts_q[i + 1]].float()                  # [lq, Hq, D]
-            ls = lse[:, starts_q[i]:starts_q[i + 1]]                      # [Hq, lq]
-            if lk == 0:
-                seqs.append({"k_len": 0, "out_all_zero": bool((o == 0).all()), "lse_all_neginf": bool(torch.isneginf(ls).all()),
-                             "finite": bool(torch.isfinite(o).all())})
-                continue
-            qs = q[starts_q[i]:starts_q[i + 1]].float().transpose(0, 1)   # [Hq, lq, D]
-            ks = k[starts_k[i]:starts_k[i + 1]].float().transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
-            vs = v[starts_k[i]:starts_k[i + 1]].float().transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
-            s = qs @ ks.transpose(1, 2) / math.sqrt(D)
-            if causal:
-                s = s.masked_fill(torch.arange(lk, device=DEVICE)[None] > torch.arange(lq, device=DEVICE)[:, None] + lk - lq,
-                                  float("-inf"))
-            ref = (s.softmax(-1) @ vs).transpose(0, 1)
-            seqs.append({"k_len": lk, "err": rel(o, ref), "lse_max_abs": float((ls - s.logsumexp(-1)).abs().max())})
-        ok = all(x.get("out_all_zero", True) and x.get("lse_all_neginf", True) and x.get("err", 0) < 0.02
-                 and x.get("lse_max_abs", 0) < LSE_ATOL for x in seqs)
-        result["causal" if causal else "noncausal"] = {"ok": ok, "seqs": seqs}
-    return result
-
-
 def varlen_check():
     try:
-        proc = subprocess.run([sys.executable, __file__, "--varlen-probe"], capture_output=True, text=True,
-                              timeout=VARLEN_TIMEOUT_S)
+        proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fa4_varlen_probe.py"))],
+                              capture_output=True, text=True, timeout=VARLEN_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
         return {"ok": False, "timeout_s": VARLEN_TIMEOUT_S, "stderr": str(err.stderr or "")[-1500:]}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -368,11 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "results/fa4_check")))
     p.add_argument("--quick", action="store_true", help="fewer cases, timings at 32k only")
     p.add_argument("--budget-s", type=float, default=225.0, help="skip what would run past this")
-    p.add_argument("--varlen-probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.varlen_probe:
-        print(json.dumps(varlen_probe()), flush=True)
-        return 0
     rep = Report(args.out, args.budget_s)
     t = time.time()
     installed = fa4.fa4_installed()

@@ -134,6 +134,7 @@ def check_nll(model, tok, n_tokens: int, block: int = 1024) -> dict:
 def check_needle(model, tok, length: int, depth: int = 50, max_new: int = 16) -> dict:
     from transformers import DynamicCache
 
+    from benchmarks.runner.decode import cache_argument
     from benchmarks.tasks.niah import load_examples
 
     cfg = {"min_length": length, "max_length": length, "n_lengths": 1, "n_depths": 3, "rounds": 1,
@@ -144,7 +145,8 @@ def check_needle(model, tok, length: int, depth: int = 50, max_new: int = 16) ->
     ids = torch.tensor([tok.encode(example.prompt, add_special_tokens=False)], device=model.device)
     t0 = time.time()
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+    kw = cache_argument(model)                                      # cache= or past_key_values=
+    logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache}).logits[0, -1]
     p_first = float(torch.softmax(logits.double(), -1)[first_digit])   # (synchronises a GPU)
     seconds = time.time() - t0
     generated, p_at_digit = [], None
@@ -157,7 +159,7 @@ def check_needle(model, tok, length: int, depth: int = 50, max_new: int = 16) ->
             break
         generated.append(nxt)
         step = torch.tensor([[nxt]], device=model.device)
-        logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = model(input_ids=step, use_cache=True, **{kw: cache}).logits[0, -1]
     answer = tok.decode(generated)
     return {"length": length, "prompt_tokens": ids.shape[1], "depth": depth, "number": number,
             "p_first_digit_at_answer_start": p_first, "p_first_digit_where_greedy_emits_digit": p_at_digit,
