@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.config_files import conf_yaml  # noqa: E402
+from benchmarks.config_files import composed, conf_yaml  # noqa: E402
 from benchmarks.runner.decode import DECODE_MODES, Decoder  # noqa: E402
 from benchmarks.runner.generate import (PHASES, RunnerOptions, newline_token_id, run_example,  # noqa: E402
                                         stop_token_ids, throughput)
@@ -64,7 +64,7 @@ def run_setup(model_name: str, length: int, args) -> dict:
     from methods.registry import get_method
 
     model_cfg = (yaml.safe_load(Path(model_name).read_text()) if model_name.endswith(".yaml")
-                 else conf_yaml("model", model_name))
+                 else composed("model", model_name))
     random_weights = model_cfg.get("kind") == "random"
     if random_weights:
         model_cfg["tokenizer_from"] = args.tokenizer_from

@@ -30,7 +30,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from methods.gguf_parts import CHUNK, QWEN2_5_CODER_0_5B, ensure_split_gguf, file_sha256
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from methods.gguf_parts import CHUNK, QWEN2_5_CODER_0_5B, ensure_split_gguf, file_sha256  # noqa: E402
 
 OUT_DIR = ".gguf-stage"
 STAGE_DIR = "/tmp/gguf_stage"

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from methods.models import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from methods.models import load_model  # noqa: E402
 
 MODEL_CFG = {"name": "qwen2.5-coder-0.5b-instruct", "kind": "gguf-parts", "gguf": "qwen2_5_coder_0_5b",
              "gguf_path": None}

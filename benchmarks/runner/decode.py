@@ -10,9 +10,10 @@ Every mode prefills the prompt once with the patched model (timed, synchronised;
   reused between examples) and decode runs with transformers' own ``sdpa`` attention; on CUDA
   the step is ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: no per-layer launch and
   Python overhead). Decode attention is dense in every mode; here it runs over the static buffer
-  with a mask instead of exactly the filled keys, so its floating-point sums may differ in the
-  last bits from ``loop``: token-identical on the CPU tests, on a GPU measure the agreement with
-  ``scripts/runner_throughput.py`` before relying on it.
+  with a mask instead of exactly the filled keys, so its floating-point sums differ in the last
+  bits from ``loop``: token-identical in the CPU tests, but not on the H200 (4 of 9 RULER
+  predictions differed late in long answers; ``results/throughput``), hence its own fingerprint
+  (``runner.decode_cache``); 8.5x the examples per hour of ``loop`` for SmolLM2 at 8k there.
 
 Stop rules (as before): a stop token ends generation and is not returned; ``max_new_tokens``
 caps it; with ``newline_id`` (LongBench samsum) that token also ends generation (and is

@@ -6,11 +6,16 @@ they are built), the global ``seed``, and ``harness``: the package version plus
 ``RESULTS_VERSION``, a constant bumped by any commit that changes the results of an unchanged
 config (prompts, scoring, decoding, attention numerics).
 
-Not result-affecting: ``device``, ``logger``/``wandb``, output paths, ``runner`` (sharding,
-decode mode: every mode is token-identical, and each sample records its ``decode``; the context
-guard), ``experiment`` (its effect is in the blocks above) and the git commit. The commit is not
-compared, so that a dirty tree or a newer checkout can resume; every session's commit is
-recorded in the run folder's ``sessions.jsonl`` and listed by the summary
+Also result-affecting: ``runner.decode_cache``, the cache the greedy decode runs on (``dynamic`` for
+``runner.decode`` ``loop`` and ``hf_generate``, which compute the same steps; ``static`` for
+``static``, whose masked static-cache sums differ in the last bits and, on the H200, changed 4 of 9
+RULER predictions against ``loop`` on identical prefills). A folder fingerprinted before this key
+existed takes it from its samples' ``decode`` fields (``legacy_decode_cache``).
+
+Not result-affecting: ``device``, ``logger``/``wandb``, output paths, the rest of ``runner``
+(sharding, the context guard), ``experiment`` (its effect is in the blocks above) and the git
+commit. The commit is not compared, so that a dirty tree or a newer checkout can resume; every
+session's commit is recorded in the run folder's ``sessions.jsonl`` and listed by the summary
 (``env.code_versions``). Numbers compare as floats (``theta=12`` equals ``12.0``).
 """
 from __future__ import annotations
@@ -25,6 +30,8 @@ RESULTS_VERSION = 1
 SECTIONS = ("model", "method", "bench")
 SAMPLE_COUNT_KEYS = ("num_samples", "limit", "rounds", "cache_dir")
 FILE = "fingerprint.json"
+DECODE_CACHE_KEY = "runner.decode_cache"
+DECODE_CACHES = {"loop": "dynamic", "hf_generate": "dynamic", "static": "static"}
 
 
 def harness_version() -> str:
@@ -70,7 +77,17 @@ def config_fingerprint(config: Mapping[str, Any]) -> dict[str, Any] | None:
         if section == "bench":
             block = {k: v for k, v in block.items() if k not in SAMPLE_COUNT_KEYS}
         _flatten(section, block, out)
+    decode = str((config.get("runner") or {}).get("decode", "loop"))
+    out[DECODE_CACHE_KEY] = DECODE_CACHES.get(decode, decode)
     return dict(sorted(out.items()))
+
+
+def legacy_decode_cache(decode_modes: set[str]) -> str:
+    """``runner.decode_cache`` of a folder fingerprinted without it, from its samples' ``decode``
+    fields: ``dynamic`` or ``static`` when they agree (no samples: ``dynamic``, the default),
+    ``mixed`` when they do not (nothing can resume into it then)."""
+    caches = {DECODE_CACHES.get(mode, mode) for mode in decode_modes} or {"dynamic"}
+    return caches.pop() if len(caches) == 1 else "mixed"
 
 
 def digest(fingerprint: Mapping[str, Any]) -> str:

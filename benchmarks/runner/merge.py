@@ -26,8 +26,8 @@ from typing import Any
 from benchmarks.runner import fingerprint as fp
 from benchmarks.runner.locks import FileLock
 from benchmarks.runner.plan import Status, status
-from benchmarks.runner.results import (SAMPLES, SESSIONS, atomic_write, failure_markers, folder_rows,
-                                        folders_with, write_summary)
+from benchmarks.runner.results import (SAMPLES, SESSIONS, atomic_write, decode_modes, failure_markers,
+                                        folder_rows, folders_with, write_summary)
 
 
 def run_folders(paths: Iterable[str | Path]) -> list[Path]:
@@ -56,7 +56,10 @@ def _fingerprint(folder: Path) -> dict:
     path = folder / fp.FILE
     if not path.exists():
         raise ValueError(f"{folder}: no {fp.FILE} (not a run folder of this harness)")
-    return json.loads(path.read_text())["fingerprint"]
+    stored = json.loads(path.read_text())["fingerprint"]
+    if fp.DECODE_CACHE_KEY in stored:
+        return stored
+    return {**stored, fp.DECODE_CACHE_KEY: fp.legacy_decode_cache(decode_modes(folder))}
 
 
 def collect(folders: list[Path], out: Path) -> None:

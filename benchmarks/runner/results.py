@@ -52,6 +52,15 @@ def samples_files(folder: str | Path) -> list[Path]:
     return sorted(folder.glob("samples*.jsonl"), key=lambda p: (p.name != SAMPLES, p.name))
 
 
+def decode_modes(folder: str | Path) -> set[str]:
+    """The ``decode`` values of a run folder's rows, every samples file (rows without one: ``loop``)."""
+    modes = set()
+    for path in samples_files(folder):
+        rows, _ = _parse(path, path.read_bytes())
+        modes |= {str(row.get("decode", "loop")) for row in rows}
+    return modes
+
+
 def _parse(path: Path, raw: bytes) -> tuple[list[dict], list[bytes]]:
     """Rows of a samples file's bytes and their raw lines; an unterminated or unparsable last line
     is left out, a corrupt earlier line raises."""
@@ -171,6 +180,8 @@ class ResultWriter:
             ignore = ("harness",)
         else:
             old = self.fingerprint
+        if fp.DECODE_CACHE_KEY not in old:
+            old = {**old, fp.DECODE_CACHE_KEY: fp.legacy_decode_cache(decode_modes(self.out_dir))}
         diff = fp.differences(old, self.fingerprint, ignore=ignore)
         if diff:
             raise fp.FingerprintMismatch(

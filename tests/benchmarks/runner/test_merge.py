@@ -130,6 +130,19 @@ def test_merge_of_separate_folders_and_refusal_of_mixed_configs(model, tmp_path,
     assert 'method.backend: "auto" (in the folder) -> "math" (this run)' in capsys.readouterr().err
 
 
+def test_merge_takes_a_legacy_folders_decode_cache_from_its_rows(model, tmp_path, capsys):
+    for shard in range(2):
+        run(model, tmp_path / f"s{shard}", shard, 2)
+    record = json.loads((tmp_path / "s0" / "fingerprint.json").read_text())
+    del record["fingerprint"]["runner.decode_cache"]                   # written before the key existed
+    (tmp_path / "s0" / "fingerprint.json").write_text(json.dumps(record))
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    with ResultWriter(tmp_path / "st", {**config(), "runner": {"decode": "static"}}, shard=1, num_shards=2) as w:
+        w.append({"id": "t1/0", "decode": "static"})
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "st"), "--out", str(tmp_path / "bad")]) == 1
+    assert 'runner.decode_cache: "dynamic" (in the folder) -> "static" (this run)' in capsys.readouterr().err
+
+
 def test_reports_skip_a_failed_folder(model, tmp_path):
     run(model, tmp_path / "ok")
     run(model, tmp_path / "bad")

@@ -124,12 +124,39 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
     assert "method.theta: 12.0" in str(err.value)
     with pytest.raises(FingerprintMismatch, match="bench.template"):
         ResultWriter(tmp_path, _config(bench={"template": "base"}))
-    # not result-affecting: device, runner, the number of samples; 12 equals 12.0
+    # not result-affecting: device, sharding, the dynamic-cache decode modes, the number of samples;
+    # 12 equals 12.0
     with ResultWriter(tmp_path, _config(device="cpu", bench={"num_samples": 3},
-                                        runner={"shard": 0, "num_shards": 1, "decode": "static"},
+                                        runner={"shard": 0, "num_shards": 1, "decode": "hf_generate"},
                                         method={"theta": 12})) as again:
         assert again.done_ids() == {"a"}
     assert json.loads((tmp_path / "fingerprint.json").read_text())["fingerprint"]["method.name"] == "anchor"
+
+
+def test_static_cache_decoding_is_another_config(tmp_path):
+    # static-cache decoding changed GPU predictions against loop: a folder never mixes the two
+    with ResultWriter(tmp_path, _config(runner={"decode": "loop"})) as w:
+        w.append({"id": "a", "decode": "loop"})
+    with pytest.raises(FingerprintMismatch, match='runner.decode_cache: "dynamic" .* -> "static"'):
+        ResultWriter(tmp_path, _config(runner={"decode": "static"}))
+
+
+@pytest.mark.parametrize("rows_decode, resumes", [(["loop", "hf_generate"], {"loop"}),
+                                                  (["static"], {"static"}),
+                                                  (["loop", "static"], set())])
+def test_a_folder_fingerprinted_without_the_decode_cache_takes_it_from_its_rows(tmp_path, rows_decode, resumes):
+    with ResultWriter(tmp_path, _config()) as w:
+        for i, mode in enumerate(rows_decode):
+            w.append({"id": f"r{i}", "decode": mode})
+    record = json.loads((tmp_path / "fingerprint.json").read_text())
+    del record["fingerprint"]["runner.decode_cache"]                   # as written before the key existed
+    (tmp_path / "fingerprint.json").write_text(json.dumps(record))
+    for mode in ("loop", "static"):
+        if mode in resumes:
+            ResultWriter(tmp_path, _config(runner={"decode": mode})).close()
+        else:
+            with pytest.raises(FingerprintMismatch, match="runner.decode_cache"):
+                ResultWriter(tmp_path, _config(runner={"decode": mode}))
 
 
 def test_a_new_commit_resumes_and_is_recorded(tmp_path, monkeypatch):
