@@ -61,6 +61,15 @@ def static_bucket(tokens: int) -> int:
     return math.ceil(tokens / quarter) * quarter
 
 
+def _take(tokens: list[int], token: int, stop_ids: set[int], newline_id: int | None) -> bool:
+    """The stop rules for one new token: a stop token ends generation unreturned, anything else is
+    appended, and the newline (when given) ends it after being appended. False: generation ends."""
+    if token in stop_ids:
+        return False
+    tokens.append(token)
+    return token != newline_id
+
+
 @contextlib.contextmanager
 def _attention(model, name: str):
     """Run ``model`` with attention implementation ``name`` inside the block, then switch back."""
@@ -125,10 +134,7 @@ class Decoder:
             step = torch.tensor([[token]], device=input_ids.device)
             token = int(self.model(input_ids=step, use_cache=True, **{self.cache_kw: cache}).logits[:, -1].argmax(-1))
             steps += 1
-            if token in stop_ids:
-                break
-            tokens.append(token)
-            if token == newline_id:
+            if not _take(tokens, token, stop_ids, newline_id):
                 break
         return tokens, steps
 
@@ -150,10 +156,7 @@ class Decoder:
             self.model.generation_config = saved
         tokens = [first]
         for token in out[0, ids.shape[1]:].tolist():
-            if token in stop_ids:
-                break
-            tokens.append(token)
-            if token == newline_id:
+            if not _take(tokens, token, stop_ids, newline_id):
                 break
         return tokens, out.shape[1] - ids.shape[1]
 
@@ -192,9 +195,6 @@ class Decoder:
                 token = int(self._step(torch.tensor([[token]], device=device),
                                        torch.tensor([position], device=device), static))
                 position, steps = position + 1, steps + 1
-                if token in stop_ids:
-                    break
-                tokens.append(token)
-                if token == newline_id:
+                if not _take(tokens, token, stop_ids, newline_id):
                     break
         return tokens, steps

@@ -1,8 +1,17 @@
 """Shared inputs and error measures for the anchor tests."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
+from anchor.ops import triton_available
+from anchor.sparse_index import SparseIndex
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not triton_available(torch.empty(0)) and not torch.cuda.is_available(),
+                                  reason="needs CUDA or TRITON_INTERPRET=1")
 FP32_FLOOR = 16 * torch.finfo(torch.float32).eps
 
 
@@ -35,3 +44,9 @@ def assert_close_to_baseline(out: torch.Tensor, ref32: torch.Tensor, what: str):
     err = rel_err(out, ref32)
     bound = 2 * baseline + FP32_FLOOR
     assert err <= bound, f"{what}: error {err:.3e} > bound {bound:.3e} (baseline {baseline:.3e})"
+
+
+def index_on(index: SparseIndex, device: str) -> SparseIndex:
+    """``index`` with its tensors moved to ``device``."""
+    return dataclasses.replace(index, **{f.name: getattr(index, f.name).to(device)
+                                         for f in dataclasses.fields(index) if torch.is_tensor(getattr(index, f.name))})

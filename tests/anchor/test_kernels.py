@@ -11,7 +11,6 @@ from anchor.ops import (
     run_stage1,
     selection_key_mask,
     sparse_attention,
-    triton_available,
 )
 from anchor.params import AnchorParams
 from anchor.reference import (
@@ -22,11 +21,9 @@ from anchor.reference import (
     sparse_attention_reference,
 )
 from anchor.sparse_index import SparseIndex, index_from_counts
-from tests.anchor.helpers import assert_close_to_baseline, make_qkv, rel_err
+from tests.anchor.helpers import DEVICE, assert_close_to_baseline, index_on, make_qkv, needs_triton, rel_err
 
-pytestmark = pytest.mark.skipif(not triton_available(torch.empty(0)) and not torch.cuda.is_available(),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = needs_triton
 
 # (B, Hq, Hkv, N, D, dtype, block, step, init, local, theta, stripes)
 CASES = [
@@ -131,8 +128,7 @@ def test_sparse_attention_matches_reference(Lq, Lk, causal, dtype):
     index = SparseIndex.from_key_mask(mask, tile, rows_per_list)
     assert index.full_cnt.min() >= 1 and index.col_cnt.min() >= 1
     q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
-    index = SparseIndex(**{f: (getattr(index, f).to(DEVICE) if torch.is_tensor(getattr(index, f))
-                               else getattr(index, f)) for f in index.__dataclass_fields__})
+    index = index_on(index, DEVICE)
     out, _ = sparse_attention(q, k, v, index, causal=causal)
     ref32 = sparse_attention_reference(q.float(), k.float(), v.float(), index, causal=causal)
     assert_close_to_baseline(out, ref32, "sparse_attention vs reference")
@@ -186,8 +182,7 @@ def test_sparse_attention_unaligned_tiles(Lq, Lk, causal, dtype):
     ref32 = sparse_attention_reference(q.float(), k.float(), v.float(), index, causal=causal)
     assert rel_err(ref32, dense32) < 1e-5
     q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
-    index = SparseIndex(**{f: (getattr(index, f).to(DEVICE) if torch.is_tensor(getattr(index, f))
-                               else getattr(index, f)) for f in index.__dataclass_fields__})
+    index = index_on(index, DEVICE)
     out, _ = sparse_attention(q, k, v, index, causal=causal)
     assert_close_to_baseline(out.cpu(), dense32, "sparse_attention (unaligned tiles) vs masked dense")
 

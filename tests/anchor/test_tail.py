@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from anchor.ops import anchor_attention, run_stage1, sparse_attention, triton_available
+from anchor.ops import anchor_attention, run_stage1, sparse_attention
 from anchor.params import AnchorParams
 from anchor.reference import (
     anchor_attention_reference,
@@ -15,11 +15,8 @@ from anchor.reference import (
 )
 from anchor.sparse_index import SparseIndex
 from anchor.stats import causal_pair_count
-from tests.anchor.helpers import assert_close_to_baseline, make_qkv, rel_err
+from tests.anchor.helpers import DEVICE, assert_close_to_baseline, index_on, make_qkv, needs_triton, rel_err
 
-needs_triton = pytest.mark.skipif(not triton_available(torch.empty(0)) and not torch.cuda.is_available(),
-                                  reason="needs CUDA or TRITON_INTERPRET=1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ESTIMATION = {"select", "tail_select"}
 
 
@@ -204,8 +201,7 @@ def test_kernels_write_into_views_of_a_larger_buffer():
     mask = torch.rand(1, 2, 3, 100, generator=torch.Generator().manual_seed(0)) < 0.3
     mask[..., 0] = True
     index = SparseIndex.from_key_mask(mask, 16, 16)
-    index = SparseIndex(**{f: (getattr(index, f).to(DEVICE) if torch.is_tensor(getattr(index, f))
-                               else getattr(index, f)) for f in index.__dataclass_fields__})
+    index = index_on(index, DEVICE)
     big = torch.full_like(q, 7.0)
     sparse_attention(q[:, 2:, P:], k[:, 1:], v[:, 1:], index, out=big[:, 2:, P:])
     ref = sparse_attention_reference(q[:, 2:, P:], k[:, 1:], v[:, 1:], index)
